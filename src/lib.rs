@@ -3,4 +3,7 @@
 //! Data flows one way: input (`cli`, `http`, `import`) → `store` → `jobs` → `recommend`
 //! → `render` → `mail`.
 
+pub mod config;
 pub mod domain;
+pub mod import;
+pub mod store;

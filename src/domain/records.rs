@@ -119,7 +119,7 @@ impl OrderStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OrderItem {
     pub product_id: ProductId,
     pub quantity: u32,

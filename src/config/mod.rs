@@ -1,0 +1,220 @@
+//! Settings: `config.toml` (or `--config PATH`) overlaid with `AFTERCART__SECTION__KEY`
+//! environment variables, checked strictly. A wrong key or value is refused with the
+//! key's name and what was expected; secrets are only read from the environment.
+
+use crate::domain::{CampaignName, Strategy, Trigger, parse_duration};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod raw;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{origin}: {key}: {why}")]
+    Key {
+        origin: String,
+        key: String,
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub database: DatabaseSettings,
+    pub smtp: SmtpSettings,
+    pub worker: WorkerSettings,
+    pub http: HttpSettings,
+    pub limits: Limits,
+    pub unsubscribe: UnsubscribeSettings,
+    pub shopify: ShopifySettings,
+    pub campaigns: Vec<Campaign>,
+    /// The templates folder (`templates/` beside the config file by default).
+    pub templates_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub name: String,
+    pub base_url: String,
+    pub postal_address: String,
+    pub currency: String,
+    pub timezone: chrono_tz::Tz,
+    pub locale: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub url: String,
+    pub from: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Messages per second for this SMTP server across all workers; 0 = unlimited.
+    pub rate_limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub poll_interval: Duration,
+    pub batch_size: usize,
+    pub lease: Duration,
+    pub shutdown_timeout: Duration,
+    pub model_rebuild_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub bind: String,
+    pub api_token: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_emails_per_customer_per_week: u32,
+    pub quiet_hours: Option<QuietHours>,
+    pub seen_on_site_window: Duration,
+    pub repeat_window: Duration,
+}
+
+/// Local wall-clock window in which nothing is sent; may wrap midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub start: chrono::NaiveTime,
+    pub end: chrono::NaiveTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct UnsubscribeSettings {
+    pub secret: Option<String>,
+    pub mailto: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShopifySettings {
+    pub webhook_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapPolicy {
+    Skip,
+    Defer,
+}
+
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub name: CampaignName,
+    pub trigger: Trigger,
+    pub delay: Duration,
+    pub template: String,
+    pub strategy: Strategy,
+    pub max_items: usize,
+    pub max_price_ratio: f64,
+    pub enabled: bool,
+    pub cap_policy: CapPolicy,
+}
+
+impl Settings {
+    /// Reads `path` (or the built-in defaults when `path` is None) and the environment.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &vars)
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Settings, ConfigError> {
+        let (text, origin, base_dir) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                p.display().to_string(),
+                p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
+            None => (
+                DEFAULT_CONFIG.to_owned(),
+                "built-in defaults".to_owned(),
+                PathBuf::from("."),
+            ),
+        };
+        raw::parse(&text, &origin, env, &base_dir)
+    }
+
+    pub fn campaign(&self, name: &str) -> Option<&Campaign> {
+        self.campaigns.iter().find(|c| c.name.as_str() == name)
+    }
+
+    /// The campaign `recommend`/`evaluate` use without `--campaign`: the first enabled
+    /// one triggered by `order_completed`.
+    pub fn default_campaign(&self) -> Option<&Campaign> {
+        self.campaigns
+            .iter()
+            .find(|c| c.enabled && c.trigger == Trigger::OrderCompleted)
+            .or_else(|| self.campaigns.iter().find(|c| c.enabled))
+    }
+}
+
+/// The committed `config.toml`, also the defaults `demo` falls back to.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config.toml");
+
+pub(crate) fn duration(origin: &str, key: &str, raw: &str) -> Result<Duration, ConfigError> {
+    parse_duration(raw).map_err(|why| ConfigError::Key {
+        origin: origin.into(),
+        key: key.into(),
+        why,
+    })
+}
+
+impl QuietHours {
+    /// "21:00-08:00"; "" means none.
+    pub fn parse(raw: &str) -> Result<Option<QuietHours>, String> {
+        if raw.trim().is_empty() {
+            return Ok(None);
+        }
+        let expected =
+            || format!("{raw:?} is not a window like \"21:00-08:00\" (or \"\" for none)");
+        let (a, b) = raw.split_once('-').ok_or_else(expected)?;
+        let t =
+            |s: &str| chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M").map_err(|_| expected());
+        let (start, end) = (t(a)?, t(b)?);
+        if start == end {
+            return Ok(None);
+        }
+        Ok(Some(QuietHours { start, end }))
+    }
+
+    pub fn contains(&self, t: chrono::NaiveTime) -> bool {
+        if self.start < self.end {
+            t >= self.start && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! Data in (SPEC §3): JSON Lines for every kind, CSV for products and customers. Each
+//! line becomes a domain record or a `FILE:LINE: field: why` report; good lines are
+//! stored in chunks whatever the bad ones do. The HTTP API uses the same parsing and
+//! storing (`parse_record`, `Batch::store`).
+
+use crate::domain::{Customer, Event, FieldError, Order, Product, ProductId, Timestamp};
+use crate::store::{ImportOutcome, ScheduleRule, Store, StoreError};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Products,
+    Customers,
+    Orders,
+    Events,
+}
+
+impl Kind {
+    pub fn parse(raw: &str) -> Result<Kind, String> {
+        Ok(match raw {
+            "products" => Kind::Products,
+            "customers" => Kind::Customers,
+            "orders" => Kind::Orders,
+            "events" => Kind::Events,
+            _ => {
+                return Err(format!(
+                    "{raw:?} is not one of products|customers|orders|events"
+                ));
+            }
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Products => "products",
+            Kind::Customers => "customers",
+            Kind::Orders => "orders",
+            Kind::Events => "events",
+        }
+    }
+}
+
+/// One bad input line.
+#[derive(Debug, Clone)]
+pub struct BadLine {
+    pub line: usize,
+    pub error: FieldError,
+}
+
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub lines: usize,
+    pub stored: usize,
+    pub bad: Vec<BadLine>,
+    pub scheduled: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{name}: cannot read: {source}")]
+    Read {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Records of one kind, parsed and ready to store.
+#[derive(Debug)]
+pub enum Batch {
+    Products(Vec<Product>),
+    Customers(Vec<Customer>),
+    Orders(Vec<Order>),
+    Events(Vec<Event>),
+}
+
+/// What parsing needs to know: the catalog's product ids (orders must name known
+/// products).
+pub struct ParseContext {
+    pub product_ids: HashSet<ProductId>,
+}
+
+impl ParseContext {
+    pub async fn load(store: &Store, kind: Kind) -> Result<ParseContext, StoreError> {
+        let product_ids = if kind == Kind::Orders {
+            store.product_ids().await?
+        } else {
+            HashSet::new()
+        };
+        Ok(ParseContext { product_ids })
+    }
+}
+
+impl Batch {
+    pub fn new(kind: Kind) -> Batch {
+        match kind {
+            Kind::Products => Batch::Products(Vec::new()),
+            Kind::Customers => Batch::Customers(Vec::new()),
+            Kind::Orders => Batch::Orders(Vec::new()),
+            Kind::Events => Batch::Events(Vec::new()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Products(v) => v.len(),
+            Batch::Customers(v) => v.len(),
+            Batch::Orders(v) => v.len(),
+            Batch::Events(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Parses one JSON value of this batch's kind and keeps it.
+    pub fn push(&mut self, v: &Value, ctx: &ParseContext) -> Result<(), FieldError> {
+        match self {
+            Batch::Products(b) => b.push(Product::from_json(v)?),
+            Batch::Customers(b) => b.push(Customer::from_json(v)?),
+            Batch::Orders(b) => b.push(Order::from_json(v, |p| ctx.product_ids.contains(p))?),
+            Batch::Events(b) => b.push(Event::from_json(v)?),
+        }
+        Ok(())
+    }
+
+    /// Upserts the batch (a repeated id: the last one wins) and schedules follow-ups.
+    pub async fn store(
+        self,
+        store: &Store,
+        rules: &[ScheduleRule],
+        now: Timestamp,
+    ) -> Result<ImportOutcome, StoreError> {
+        let n = self.len();
+        match self {
+            Batch::Products(v) => {
+                store
+                    .upsert_products(&last_per_id(v, |p| p.id.to_string()))
+                    .await?
+            }
+            Batch::Customers(v) => {
+                store
+                    .upsert_customers(&last_per_id(v, |c| c.id.to_string()))
+                    .await?
+            }
+            Batch::Orders(v) => {
+                return store
+                    .upsert_orders(&last_per_id(v, |o| o.id.to_string()), rules, now)
+                    .await;
+            }
+            Batch::Events(v) => store.insert_events(&v).await?,
+        }
+        Ok(ImportOutcome {
+            stored: n,
+            ..Default::default()
+        })
+    }
+}
+
+/// Keeps the last record of each id, in first-seen order (PostgreSQL refuses to update
+/// one row twice in a statement, and the last line is the newest truth).
+fn last_per_id<T>(v: Vec<T>, id: impl Fn(&T) -> String) -> Vec<T> {
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(v.len());
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for r in v {
+        match index.get(&id(&r)) {
+            Some(&i) => out[i] = r,
+            None => {
+                index.insert(id(&r), out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// Records stored per transaction while importing a file.
+const FLUSH: usize = 5000;
+
+/// Imports one file or stream. `csv` selects CSV (products and customers only).
+/// `progress` is told the bytes read so far.
+pub async fn import_reader(
+    store: &Store,
+    kind: Kind,
+    mut reader: impl BufRead,
+    csv: bool,
+    rules: &[ScheduleRule],
+    now: Timestamp,
+    mut progress: impl FnMut(u64),
+) -> Result<ImportReport, ImportError> {
+    let ctx = ParseContext::load(store, kind).await?;
+    let mut report = ImportReport::default();
+    let mut batch = Batch::new(kind);
+    let mut bytes = 0u64;
+    let mut stored_lines = 0usize;
+
+    let flush = |batch: Batch| async {
+        let outcome = batch.store(store, rules, now).await?;
+        Ok::<_, StoreError>(outcome)
+    };
+
+    if csv {
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(false)
+            .from_reader(reader);
+        let headers = match rdr.byte_headers() {
+            Ok(h) => h
+                .iter()
+                .map(|h| String::from_utf8_lossy(h).trim().to_owned())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                report.bad.push(BadLine {
+                    line: 1,
+                    error: FieldError::line(format!("bad CSV header: {e}")),
+                });
+                return Ok(report);
+            }
+        };
+        let mut rec = csv::ByteRecord::new();
+        loop {
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {
+                    let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+                    report.lines += 1;
+                    bytes = rec.position().map(|p| p.byte()).unwrap_or(bytes);
+                    match csv_to_json(&headers, &rec).and_then(|v| batch.push(&v, &ctx)) {
+                        Ok(()) => stored_lines += 1,
+                        Err(error) => report.bad.push(BadLine { line, error }),
+                    }
+                }
+                Err(e) => {
+                    let line = e
+                        .position()
+                        .map(|p| p.line() as usize)
+                        .unwrap_or(report.lines + 2);
+                    report.lines += 1;
+                    report.bad.push(BadLine {
+                        line,
+                        error: FieldError::line(format!("bad CSV: {e}")),
+                    });
+                    if !matches!(
+                        e.kind(),
+                        csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }
+                    ) {
+                        break;
+                    }
+                }
+            }
+            if batch.len() >= FLUSH {
+                let outcome = flush(std::mem::replace(&mut batch, Batch::new(kind))).await?;
+                add(&mut report, outcome);
+                progress(bytes);
+            }
+        }
+    } else {
+        let mut buf = Vec::with_capacity(4096);
+        let mut line = 0usize;
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|source| ImportError::Read {
+                    name: String::new(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            line += 1;
+            bytes += n as u64;
+            let raw = trim_eol(&buf);
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            report.lines += 1;
+            match parse_json_line(raw).and_then(|v| batch.push(&v, &ctx)) {
+                Ok(()) => stored_lines += 1,
+                Err(error) => report.bad.push(BadLine { line, error }),
+            }
+            if batch.len() >= FLUSH {
+                let outcome = flush(std::mem::replace(&mut batch, Batch::new(kind))).await?;
+                add(&mut report, outcome);
+                progress(bytes);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let outcome = flush(batch).await?;
+        add(&mut report, outcome);
+    }
+    progress(bytes);
+    report.stored = stored_lines;
+    Ok(report)
+}
+
+fn add(report: &mut ImportReport, o: ImportOutcome) {
+    report.scheduled += o.scheduled;
+    report.cancelled += o.cancelled;
+}
+
+fn trim_eol(b: &[u8]) -> &[u8] {
+    let b = b.strip_suffix(b"\n").unwrap_or(b);
+    b.strip_suffix(b"\r").unwrap_or(b)
+}
+
+/// One JSON Lines line: UTF-8 and one JSON value, or a `(line)` error.
+pub fn parse_json_line(raw: &[u8]) -> Result<Value, FieldError> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|e| FieldError::line(format!("not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    serde_json::from_str(text).map_err(|e| {
+        let mut msg = format!("invalid JSON: {e}");
+        if raw.len() > 100_000 {
+            msg.push_str(&format!(" (line of {} bytes)", raw.len()));
+        }
+        FieldError::line(msg)
+    })
+}
+
+/// A CSV row as the JSON object the record parsers read: `|` splits lists, `true` and
+/// `false` are booleans, empty cells are absent.
+fn csv_to_json(headers: &[String], rec: &csv::ByteRecord) -> Result<Value, FieldError> {
+    let mut obj = Map::new();
+    for (h, cell) in headers.iter().zip(rec.iter()) {
+        let cell = std::str::from_utf8(cell)
+            .map_err(|_| FieldError::new(h.as_str(), "not valid UTF-8"))?
+            .trim();
+        if cell.is_empty() {
+            continue;
+        }
+        let v = match h.as_str() {
+            "compatible_with" | "tags" => Value::Array(
+                cell.split('|')
+                    .map(|s| Value::String(s.trim().to_owned()))
+                    .collect(),
+            ),
+            "in_stock" | "marketing_consent" => match cell {
+                "true" | "TRUE" | "True" => Value::Bool(true),
+                "false" | "FALSE" | "False" => Value::Bool(false),
+                other => Value::String(other.to_owned()),
+            },
+            _ => Value::String(cell.to_owned()),
+        };
+        obj.insert(h.clone(), v);
+    }
+    Ok(Value::Object(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_errors() {
+        assert_eq!(parse_json_line(b"{\"a\":1,,}").unwrap_err().field, "(line)");
+        assert!(
+            parse_json_line(&[0xff, 0xfe, 0xc3, 0x28])
+                .unwrap_err()
+                .why
+                .contains("UTF-8")
+        );
+        assert!(parse_json_line(b"{\"a\": 1}").is_ok());
+    }
+
+    #[test]
+    fn last_record_of_an_id_wins() {
+        let v = last_per_id(vec![("a", 1), ("b", 2), ("a", 3)], |r| r.0.to_string());
+        assert_eq!(v, vec![("a", 3), ("b", 2)]);
+    }
+}

@@ -1,0 +1,194 @@
+//! From a follow-up to an email: the rules that may skip or defer it, the picks, the
+//! rendered message. Shared by the worker, `recommend`, `preview` and the preview pages.
+
+use super::Clock;
+use super::policy::{cap_frees_at, quiet_until};
+use crate::config::{CapPolicy, Campaign, Settings};
+use crate::domain::{Order, Timestamp};
+use crate::mail::OutgoingEmail;
+use crate::recommend::{Exclusions, Model, ModelConfig, Pick, PickRequest};
+use crate::render::{EmailContext, LiveTemplates, Rendered};
+use crate::store::{CustomerRow, History, Store, StoreError};
+use crate::unsubscribe::Signer;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, RwLock};
+
+/// Everything a send needs, shared by all of a process's jobs.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub model: Arc<RwLock<Arc<Model>>>,
+    pub templates: LiveTemplates,
+    pub signer: Signer,
+    pub clock: Clock,
+}
+
+/// A follow-up ready to go out.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub email: OutgoingEmail,
+    pub rendered: Rendered,
+    pub picks: Vec<Pick>,
+}
+
+/// What the rules decided for a follow-up.
+#[derive(Debug)]
+pub enum Decision {
+    Send(Box<Prepared>),
+    Skip(&'static str),
+    /// Quiet hours or the weekly cap (policy `defer`): try again at this time.
+    Defer(Timestamp),
+    /// The template failed to render: nothing is sent, the row waits for a fix.
+    TemplateError(String),
+}
+
+/// Builds the recommendation model from the store's catalog and purchase history.
+pub async fn load_model(store: &Store) -> Result<Model, StoreError> {
+    let products = store.products().await?;
+    let orders = store.purchase_history().await?;
+    // Building is CPU work: keep it off the async threads that drive sends.
+    tokio::task::spawn_blocking(move || Model::build(&products, &orders, &ModelConfig::default()))
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("model build panicked: {e}")))
+}
+
+/// Message-ID derived from (order, campaign): a resend after a crash carries the same.
+pub fn message_id(order_id: &str, campaign: &str, from: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(order_id.as_bytes());
+    h.update([0]);
+    h.update(campaign.as_bytes());
+    let digest = hex::encode(&h.finalize()[..12]);
+    format!("fu-{digest}@{}", domain_of(from))
+}
+
+fn domain_of(from: &str) -> &str {
+    let addr = from.rsplit('<').next().unwrap_or(from).trim_end_matches('>').trim();
+    addr.rsplit_once('@').map(|(_, d)| d).filter(|d| !d.is_empty()).unwrap_or("aftercart.local")
+}
+
+impl Engine {
+    pub fn model(&self) -> Arc<Model> {
+        self.model.read().map(|m| Arc::clone(&m)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    pub fn swap_model(&self, m: Model) {
+        match self.model.write() {
+            Ok(mut g) => *g = Arc::new(m),
+            Err(e) => *e.into_inner() = Arc::new(m),
+        }
+    }
+
+    /// The customer's history as the rules see it at `now`.
+    pub async fn history(&self, order: &Order, now: Timestamp) -> Result<History, StoreError> {
+        let l = &self.settings.limits;
+        self.store.history(&order.customer_id, now, now.minus(l.seen_on_site_window), now.minus(l.repeat_window)).await
+    }
+
+    /// The items `campaign` would pick for `order`, every exclusion applied.
+    pub fn picks(&self, order: &Order, campaign: &Campaign, history: History) -> Vec<Pick> {
+        let exclude = Exclusions {
+            bought_before: history.bought_before,
+            seen_on_site: history.seen_on_site,
+            emailed_recently: history.emailed_recently,
+        };
+        let req = PickRequest {
+            order,
+            strategy: campaign.strategy,
+            max_items: campaign.max_items,
+            max_price_ratio: campaign.max_price_ratio,
+            exclude: &exclude,
+        };
+        self.model().pick(&req)
+    }
+
+    /// Applies every rule to one follow-up at `now`.
+    pub async fn decide(&self, order_id: &str, campaign_name: &str, now: Timestamp) -> Result<Decision, StoreError> {
+        let Some(campaign) = self.settings.campaign(crate::campaign::base_name(campaign_name)) else {
+            return Ok(Decision::Skip("campaign_removed"));
+        };
+        if !campaign.enabled {
+            return Ok(Decision::Skip("campaign_disabled"));
+        }
+        let Some(ctx) = self.store.order_context(order_id).await? else { return Ok(Decision::Skip("order_missing")) };
+        if ctx.order.status.is_void() {
+            return Ok(Decision::Skip("order_cancelled"));
+        }
+        let Some(customer) = ctx.customer else { return Ok(Decision::Skip("unknown_customer")) };
+        if !customer.customer.marketing_consent {
+            return Ok(Decision::Skip("no_consent"));
+        }
+        if customer.unsubscribed {
+            return Ok(Decision::Skip("unsubscribed"));
+        }
+        if customer.suppressed {
+            return Ok(Decision::Skip("suppressed"));
+        }
+        if let Some(q) = &self.settings.limits.quiet_hours {
+            if let Some(until) = quiet_until(q, self.customer_tz(&customer), now) {
+                return Ok(Decision::Defer(until));
+            }
+        }
+        let history = self.history(&ctx.order, now).await?;
+        if let Some(free) = cap_frees_at(&history.sent_last_week, self.settings.limits.max_emails_per_customer_per_week, now) {
+            return Ok(match campaign.cap_policy {
+                CapPolicy::Skip => Decision::Skip("frequency_cap"),
+                CapPolicy::Defer => Decision::Defer(free),
+            });
+        }
+        let picks = self.picks(&ctx.order, campaign, history);
+        if picks.is_empty() {
+            return Ok(Decision::Skip("nothing_to_recommend"));
+        }
+        Ok(match self.compose(&ctx.order, &customer, campaign, campaign_name, picks, now) {
+            Ok(p) => Decision::Send(Box::new(p)),
+            Err(problem) => Decision::TemplateError(problem),
+        })
+    }
+
+    fn customer_tz(&self, c: &CustomerRow) -> chrono_tz::Tz {
+        c.customer.timezone.as_deref().and_then(|t| t.parse().ok()).unwrap_or(self.settings.store.timezone)
+    }
+
+    pub fn unsubscribe_url(&self, customer_id: &str) -> String {
+        format!("{}/unsubscribe/{}", self.settings.store.base_url, self.signer.token(customer_id, "all"))
+    }
+
+    /// Renders the email for `picks`; Err carries the template problem as text. `key`
+    /// is the ledger's campaign column, from which (with the order) the Message-ID is
+    /// derived.
+    pub fn compose(
+        &self,
+        order: &Order,
+        customer: &CustomerRow,
+        campaign: &Campaign,
+        key: &str,
+        picks: Vec<Pick>,
+        now: Timestamp,
+    ) -> Result<Prepared, String> {
+        let s = &self.settings;
+        let unsubscribe_url = self.unsubscribe_url(customer.customer.id.as_str());
+        let ctx = EmailContext::build(s, order, &customer.customer, campaign, &picks, &unsubscribe_url, now);
+        let rendered = self.templates.current().render(&campaign.template, &ctx).map_err(|p| p.to_string())?;
+        let mut headers = vec![
+            ("List-Unsubscribe".to_owned(), match &s.unsubscribe.mailto {
+                Some(m) => format!("<{unsubscribe_url}>, <mailto:{m}?subject=unsubscribe%20{}>", customer.customer.id),
+                None => format!("<{unsubscribe_url}>"),
+            }),
+            ("List-Unsubscribe-Post".to_owned(), "List-Unsubscribe=One-Click".to_owned()),
+            ("List-Id".to_owned(), format!("{} <{}.{}>", s.store.name.replace(['<', '>', '"'], ""), campaign.name, domain_of(&s.smtp.from))),
+        ];
+        headers.push(("X-Aftercart-Campaign".to_owned(), campaign.name.to_string()));
+        let email = OutgoingEmail {
+            from: s.smtp.from.clone(),
+            to: customer.customer.email.to_string(),
+            subject: rendered.subject.clone(),
+            html: rendered.html.clone(),
+            text: rendered.text.clone(),
+            message_id: message_id(order.id.as_str(), key, &s.smtp.from),
+            headers,
+        };
+        Ok(Prepared { email, rendered, picks })
+    }
+}

@@ -1,0 +1,308 @@
+//! The worker: claims due follow-ups in batches, runs each through the rules, the
+//! recommender, the renderer and the mailer, and records outcomes through one ledger
+//! writer that commits them in batched transactions.
+//!
+//! Guarantees (SPEC §6): a claimed row carries a lease; the permit that bounds in-flight
+//! work (`worker.concurrency`) is released only after the outcome is committed, so a
+//! kill -9 can resend at most `concurrency` messages, each with its original Message-ID.
+
+use super::compose::{Decision, Engine};
+use super::policy::backoff;
+use crate::domain::Timestamp;
+use crate::mail::{Mailer, SendError};
+use crate::store::{Claimed, Finish, FollowupState, StoreError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{Instrument, info, info_span, warn};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Unique per process start (host, pid, random suffix).
+    pub name: String,
+    /// Return once nothing is due or in flight (demo, tests); with a manual clock the
+    /// clock first jumps to each next due time.
+    pub until_idle: bool,
+}
+
+impl RunOptions {
+    pub fn new(until_idle: bool) -> RunOptions {
+        let host = hostname();
+        let suffix = crate::unsubscribe::random_secret();
+        RunOptions { name: format!("{host}-{}-{}", std::process::id(), &suffix[..6]), until_idle }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into())
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub sent: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub deferred: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    deferred: AtomicU64,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+pub struct Worker {
+    engine: Engine,
+    mailer: Arc<Mailer>,
+    opts: RunOptions,
+}
+
+impl Worker {
+    pub fn new(engine: Engine, mailer: Arc<Mailer>, opts: RunOptions) -> Worker {
+        Worker { engine, mailer, opts }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    /// Runs until `shutdown` resolves (or, with `until_idle`, until nothing is left).
+    /// On shutdown it stops claiming, lets in-flight jobs finish within
+    /// `worker.shutdown_timeout`, and hands back whatever it still holds.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<RunSummary, StoreError> {
+        let e = &self.engine;
+        let s = &e.settings.worker;
+        let owner = self.opts.name.clone();
+        e.store.register_worker(&owner, &hostname(), std::process::id() as i64, Timestamp::now()).await?;
+        info!(worker = %owner, "worker started");
+
+        let counters = Arc::new(Counters::default());
+        let (ledger_tx, ledger_rx) = mpsc::channel::<(i64, Finish, Ack)>(s.concurrency * 4 + 16);
+        let writer = tokio::spawn(ledger_writer(e.clone(), owner.clone(), ledger_rx));
+        let heartbeat = {
+            let (store, owner) = (e.store.clone(), owner.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    if let Err(err) = store.register_worker(&owner, &hostname(), std::process::id() as i64, Timestamp::now()).await {
+                        warn!(error = %err, "heartbeat failed");
+                    }
+                }
+            })
+        };
+        let rebuild = spawn_model_rebuilds(e.clone());
+
+        let permits = Arc::new(Semaphore::new(s.concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        let mut stopping = false;
+        loop {
+            while tasks.try_join_next().is_some() {}
+            // Claim only as many rows as there are free permits, so nothing claimed
+            // waits long and in-flight work stays bounded.
+            let first = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore open"),
+                _ = &mut shutdown => { stopping = true; break; }
+            };
+            let mut held = vec![first];
+            while held.len() < s.batch_size {
+                match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
+            }
+            let now = e.clock.now();
+            let claimed = match e.store.claim_due(&owner, now, now.plus(s.lease), held.len()).await {
+                Ok(c) => c,
+                Err(err) => {
+                    warn!(error = %err, "claim failed; retrying");
+                    drop(held);
+                    tokio::select! {
+                        _ = tokio::time::sleep(s.poll_interval.max(Duration::from_millis(200))) => continue,
+                        _ = &mut shutdown => { stopping = true; break; }
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                drop(held);
+                if self.opts.until_idle && permits.available_permits() == s.concurrency && tasks.is_empty() {
+                    match e.store.next_wakeup().await? {
+                        None => break,
+                        Some(t) if e.clock.is_manual() => {
+                            e.clock.advance_to(t);
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(s.poll_interval) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = &mut shutdown => { stopping = true; break; }
+                }
+                continue;
+            }
+            held.truncate(claimed.len());
+            // One task per customer, in order: the weekly cap sees each send of the
+            // batch before deciding the next.
+            let mut by_customer: BTreeMap<String, Vec<(Claimed, tokio::sync::OwnedSemaphorePermit)>> = BTreeMap::new();
+            for (c, p) in claimed.into_iter().zip(held) {
+                by_customer.entry(c.customer_id.clone()).or_default().push((c, p));
+            }
+            for (_, rows) in by_customer {
+                let (engine, mailer, tx, counters) = (e.clone(), Arc::clone(&self.mailer), ledger_tx.clone(), Arc::clone(&counters));
+                tasks.spawn(async move {
+                    for (c, permit) in rows {
+                        let span = info_span!("followup", id = c.id, order_id = %c.order_id, campaign = %c.campaign, attempt = c.attempts);
+                        process(&engine, &mailer, &tx, &counters, c).instrument(span).await;
+                        drop(permit);
+                    }
+                });
+            }
+        }
+
+        if stopping {
+            info!(worker = %owner, in_flight = tasks.len(), "stopping: finishing jobs in flight");
+        }
+        let drained = tokio::time::timeout(s.shutdown_timeout, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!("shutdown timeout: handing back unfinished jobs");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        drop(ledger_tx);
+        let _ = writer.await;
+        heartbeat.abort();
+        rebuild.abort();
+        let handed_back = e.store.release(&owner, e.clock.now()).await?;
+        if handed_back > 0 {
+            info!(handed_back, "follow-ups handed back to the queue");
+        }
+        e.store.worker_stopped(&owner, Timestamp::now()).await?;
+        let c = &counters;
+        Ok(RunSummary {
+            sent: c.sent.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            deferred: c.deferred.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// One follow-up, claimed: decide, send, record. Waits until the outcome is committed.
+async fn process(e: &Engine, mailer: &Mailer, tx: &mpsc::Sender<(i64, Finish, Ack)>, counters: &Counters, c: Claimed) {
+    let now = e.clock.now();
+    let smtp = &e.settings.smtp;
+    let finish = match e.decide(&c.order_id, &c.campaign, now).await {
+        Err(err) => {
+            warn!(error = %err, "could not load the follow-up; retrying later");
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            Finish::Retry { next_at: now.plus(Duration::from_secs(30)), reply: None, state: FollowupState::Scheduled, smtp_attempt: false }
+        }
+        Ok(Decision::Skip(reason)) => {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            Finish::Skipped { reason: reason.to_owned() }
+        }
+        Ok(Decision::Defer(at)) => {
+            counters.deferred.fetch_add(1, Ordering::Relaxed);
+            Finish::Retry { next_at: at, reply: None, state: FollowupState::Deferred, smtp_attempt: false }
+        }
+        Ok(Decision::TemplateError(problem)) => {
+            warn!(%problem, "template error: nothing sent, follow-up kept");
+            let _ = e.store.set_template_error(&c.campaign, Some(&problem), Timestamp::now()).await;
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            Finish::Retry {
+                next_at: now.plus(Duration::from_secs(60)),
+                reply: Some(format!("template error: {problem}")),
+                state: FollowupState::Scheduled,
+                smtp_attempt: false,
+            }
+        }
+        Ok(Decision::Send(p)) => {
+            let items: Vec<String> = p.picks.iter().map(|i| i.product_id.to_string()).collect();
+            match mailer.send(&p.email).await {
+                Ok(reply) => {
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                    Finish::Sent { message_id: p.email.message_id.clone(), reply, items, at: e.clock.now() }
+                }
+                Err(SendError::Permanent { reply }) => {
+                    warn!(%reply, "permanent SMTP failure");
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    Finish::Failed { reply }
+                }
+                Err(SendError::Transient { reply }) if c.attempts >= smtp.max_attempts as i64 => {
+                    warn!(%reply, "last attempt failed");
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    Finish::Failed { reply }
+                }
+                Err(SendError::Transient { reply }) => {
+                    let wait = backoff(c.attempts, smtp.retry_base, smtp.retry_max, rand::random::<f64>());
+                    info!(%reply, retry_in = ?wait, "transient SMTP failure; retrying");
+                    counters.retried.fetch_add(1, Ordering::Relaxed);
+                    Finish::Retry { next_at: e.clock.now().plus(wait), reply: Some(reply), state: FollowupState::Scheduled, smtp_attempt: true }
+                }
+            }
+        }
+    };
+    let (ack_tx, ack_rx) = oneshot::channel();
+    if tx.send((c.id, finish, ack_tx)).await.is_ok() {
+        if let Ok(Err(err)) = ack_rx.await {
+            warn!(error = %err, "outcome not recorded; the lease will bring the follow-up back");
+        }
+    }
+}
+
+/// Commits outcomes in batches: whatever arrived while the last commit ran.
+async fn ledger_writer(e: Engine, owner: String, mut rx: mpsc::Receiver<(i64, Finish, Ack)>) {
+    let mut buf = Vec::new();
+    while rx.recv_many(&mut buf, 512).await > 0 {
+        let outcomes: Vec<(i64, Finish)> = buf.iter().map(|(id, f, _)| (*id, f.clone())).collect();
+        let mut result = Err(String::new());
+        for attempt in 0..5 {
+            match e.store.finish(&owner, &outcomes, e.clock.now()).await {
+                Ok(_) => {
+                    result = Ok(());
+                    break;
+                }
+                Err(err) => {
+                    warn!(error = %err, attempt, "ledger write failed; retrying");
+                    result = Err(err.to_string());
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        for (_, _, ack) in buf.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+/// Rebuilds the recommendation model every `worker.model_rebuild_interval` and swaps it
+/// in; picks keep using the old one meanwhile.
+fn spawn_model_rebuilds(e: Engine) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = e.settings.worker.model_rebuild_interval;
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            match super::compose::load_model(&e.store).await {
+                Ok(m) => {
+                    e.swap_model(m);
+                    info!("recommendation model rebuilt");
+                }
+                Err(err) => warn!(error = %err, "model rebuild failed; keeping the current one"),
+            }
+        }
+    })
+}

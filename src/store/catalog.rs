@@ -1,0 +1,401 @@
+//! Catalog, customers, orders and events: bulk upserts (one statement per chunk, the
+//! rows passed as one JSON parameter so the SQL stays fixed) and the reads a job needs.
+
+use super::ledger::ScheduleRule;
+use super::{CHUNK, Db, Result, Store, StoreError, with_db};
+use crate::domain::{
+    CategoryPath, Customer, CustomerId, EmailAddress, Event, Money, Order, OrderId, OrderItem,
+    OrderStatus, Product, ProductId, Timestamp,
+};
+use serde_json::json;
+use sqlx::Row;
+use std::collections::HashSet;
+
+/// What an order import did besides storing the orders.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImportOutcome {
+    pub stored: usize,
+    pub scheduled: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CustomerRow {
+    pub customer: Customer,
+    pub unsubscribed: bool,
+    pub suppressed: bool,
+}
+
+/// Everything a job reads about its order.
+#[derive(Debug, Clone)]
+pub struct OrderContext {
+    pub order: Order,
+    pub customer: Option<CustomerRow>,
+}
+
+/// A customer's past as the rules see it at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub bought_before: HashSet<ProductId>,
+    pub seen_on_site: HashSet<ProductId>,
+    pub emailed_recently: HashSet<ProductId>,
+    /// `sent_at` of this customer's emails in the last 7 days, for the weekly cap.
+    pub sent_last_week: Vec<Timestamp>,
+}
+
+const PRODUCTS_SQLITE: &str = "INSERT INTO products (id, title, url, image_url, price, currency, category, brand, in_stock, compatible_with, tags)
+ SELECT j.value->>'id', j.value->>'title', j.value->>'url', j.value->>'image_url', j.value->>'price', j.value->>'currency',
+        j.value->>'category', j.value->>'brand', j.value->>'in_stock', j.value->>'compatible_with', j.value->>'tags'
+ FROM json_each($1) j WHERE true
+ ON CONFLICT (id) DO UPDATE SET title = excluded.title, url = excluded.url, image_url = excluded.image_url,
+   price = excluded.price, currency = excluded.currency, category = excluded.category, brand = excluded.brand,
+   in_stock = excluded.in_stock, compatible_with = excluded.compatible_with, tags = excluded.tags";
+const PRODUCTS_PG: &str = "INSERT INTO products (id, title, url, image_url, price, currency, category, brand, in_stock, compatible_with, tags)
+ SELECT id, title, url, image_url, price, currency, category, brand, in_stock, compatible_with, tags
+ FROM jsonb_to_recordset($1::jsonb) AS r(id text, title text, url text, image_url text, price bigint, currency text,
+   category text, brand text, in_stock boolean, compatible_with text, tags text)
+ ON CONFLICT (id) DO UPDATE SET title = excluded.title, url = excluded.url, image_url = excluded.image_url,
+   price = excluded.price, currency = excluded.currency, category = excluded.category, brand = excluded.brand,
+   in_stock = excluded.in_stock, compatible_with = excluded.compatible_with, tags = excluded.tags";
+
+const CUSTOMERS_SQLITE: &str = "INSERT INTO customers (id, email, name, timezone, locale, marketing_consent)
+ SELECT j.value->>'id', j.value->>'email', j.value->>'name', j.value->>'timezone', j.value->>'locale', j.value->>'marketing_consent'
+ FROM json_each($1) j WHERE true
+ ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, timezone = excluded.timezone,
+   locale = excluded.locale, marketing_consent = excluded.marketing_consent";
+const CUSTOMERS_PG: &str = "INSERT INTO customers (id, email, name, timezone, locale, marketing_consent)
+ SELECT id, email, name, timezone, locale, marketing_consent
+ FROM jsonb_to_recordset($1::jsonb) AS r(id text, email text, name text, timezone text, locale text, marketing_consent boolean)
+ ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, timezone = excluded.timezone,
+   locale = excluded.locale, marketing_consent = excluded.marketing_consent";
+
+const ORDERS_SQLITE: &str = "INSERT INTO orders (id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items)
+ SELECT j.value->>'id', j.value->>'customer_id', j.value->>'status', j.value->>'created_at', j.value->>'completed_at',
+        j.value->>'delivered_at', j.value->>'total', j.value->>'currency', j.value->>'items'
+ FROM json_each($1) j WHERE true
+ ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, created_at = excluded.created_at,
+   completed_at = excluded.completed_at, delivered_at = excluded.delivered_at, total = excluded.total,
+   currency = excluded.currency, items = excluded.items";
+const ORDERS_PG: &str = "INSERT INTO orders (id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items)
+ SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items
+ FROM jsonb_to_recordset($1::jsonb) AS r(id text, customer_id text, status text, created_at bigint, completed_at bigint,
+   delivered_at bigint, total bigint, currency text, items text)
+ ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, created_at = excluded.created_at,
+   completed_at = excluded.completed_at, delivered_at = excluded.delivered_at, total = excluded.total,
+   currency = excluded.currency, items = excluded.items";
+
+const EVENTS_SQLITE: &str = "INSERT INTO events (customer_id, product_id, kind, at)
+ SELECT j.value->>'customer_id', j.value->>'product_id', j.value->>'kind', j.value->>'at'
+ FROM json_each($1) j WHERE true ON CONFLICT DO NOTHING";
+const EVENTS_PG: &str = "INSERT INTO events (customer_id, product_id, kind, at)
+ SELECT customer_id, product_id, kind, at
+ FROM jsonb_to_recordset($1::jsonb) AS r(customer_id text, product_id text, kind text, at bigint) ON CONFLICT DO NOTHING";
+
+const FOLLOWUPS_SQLITE: &str = "INSERT INTO followups (order_id, campaign, customer_id, state, due_at, next_at, created_at, updated_at)
+ SELECT j.value->>'order_id', j.value->>'campaign', j.value->>'customer_id', 'scheduled', j.value->>'due_at', j.value->>'due_at', $2, $2
+ FROM json_each($1) j WHERE true ON CONFLICT (order_id, campaign) DO NOTHING";
+const FOLLOWUPS_PG: &str = "INSERT INTO followups (order_id, campaign, customer_id, state, due_at, next_at, created_at, updated_at)
+ SELECT order_id, campaign, customer_id, 'scheduled', due_at, due_at, $2, $2
+ FROM jsonb_to_recordset($1::jsonb) AS r(order_id text, campaign text, customer_id text, due_at bigint)
+ ON CONFLICT (order_id, campaign) DO NOTHING";
+
+const CANCEL_SQLITE: &str = "UPDATE followups SET state = 'skipped', reason = 'order_cancelled', next_at = NULL, updated_at = $2
+ WHERE order_id IN (SELECT value FROM json_each($1)) AND state IN ('scheduled', 'deferred')";
+const CANCEL_PG: &str = "UPDATE followups SET state = 'skipped', reason = 'order_cancelled', next_at = NULL, updated_at = $2
+ WHERE order_id IN (SELECT jsonb_array_elements_text($1::jsonb)) AND state IN ('scheduled', 'deferred')";
+
+impl Store {
+    async fn bulk(&self, sqlite: &str, pg: &str, rows: serde_json::Value) -> Result<u64> {
+        let text = rows.to_string();
+        let done = with_db!(&self.db, p => {
+            let sql = if matches!(self.db, Db::Sqlite(_)) { sqlite } else { pg };
+            sqlx::query(sql).bind(text).execute(p).await?.rows_affected()
+        });
+        Ok(done)
+    }
+
+    pub async fn upsert_products(&self, products: &[Product]) -> Result<()> {
+        for chunk in products.chunks(CHUNK) {
+            let rows: Vec<_> = chunk
+                .iter()
+                .map(|p| {
+                    json!({
+                        "id": p.id, "title": p.title, "url": p.url, "image_url": p.image_url, "price": p.price.minor(),
+                        "currency": p.currency, "category": p.category.as_ref().map(|c| c.as_str()), "brand": p.brand,
+                        "in_stock": p.in_stock, "compatible_with": serde_json::to_string(&p.compatible_with).unwrap_or_default(),
+                        "tags": serde_json::to_string(&p.tags).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            self.bulk(PRODUCTS_SQLITE, PRODUCTS_PG, rows.into()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn upsert_customers(&self, customers: &[Customer]) -> Result<()> {
+        for chunk in customers.chunks(CHUNK) {
+            let rows: Vec<_> = chunk
+                .iter()
+                .map(|c| {
+                    json!({"id": c.id, "email": c.email, "name": c.name, "timezone": c.timezone, "locale": c.locale,
+                           "marketing_consent": c.marketing_consent})
+                })
+                .collect();
+            self.bulk(CUSTOMERS_SQLITE, CUSTOMERS_PG, rows.into())
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn insert_events(&self, events: &[Event]) -> Result<()> {
+        for chunk in events.chunks(CHUNK * 4) {
+            let rows: Vec<_> = chunk
+                .iter()
+                .map(|e| json!({"customer_id": e.customer_id, "product_id": e.product_id, "kind": e.kind.as_str(), "at": e.at.0}))
+                .collect();
+            self.bulk(EVENTS_SQLITE, EVENTS_PG, rows.into()).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores orders and, in the same pass, schedules each campaign whose trigger the
+    /// order has reached; cancelled/refunded orders skip their pending follow-ups.
+    pub async fn upsert_orders(
+        &self,
+        orders: &[Order],
+        rules: &[ScheduleRule],
+        now: Timestamp,
+    ) -> Result<ImportOutcome> {
+        let mut outcome = ImportOutcome::default();
+        for chunk in orders.chunks(CHUNK) {
+            let rows: Vec<_> = chunk
+                .iter()
+                .map(|o| {
+                    json!({"id": o.id, "customer_id": o.customer_id, "status": o.status.as_str(), "created_at": o.created_at.0,
+                           "completed_at": o.completed_at.map(|t| t.0), "delivered_at": o.delivered_at.map(|t| t.0),
+                           "total": o.total.minor(), "currency": o.currency,
+                           "items": serde_json::to_string(&o.items).unwrap_or_default()})
+                })
+                .collect();
+            let mut schedule = Vec::new();
+            let mut void = Vec::new();
+            for o in chunk {
+                if o.status.is_void() {
+                    void.push(o.id.as_str());
+                    continue;
+                }
+                for rule in rules {
+                    if let Some(due) = rule.due_at(o) {
+                        schedule.push(json!({"order_id": o.id, "campaign": rule.campaign, "customer_id": o.customer_id, "due_at": due.0}));
+                    }
+                }
+            }
+            let (orders_json, schedule_json, void_json) = (
+                serde_json::Value::from(rows).to_string(),
+                serde_json::Value::from(schedule).to_string(),
+                json!(void).to_string(),
+            );
+            let is_sqlite = matches!(self.db, Db::Sqlite(_));
+            let pick = |a: &'static str, b: &'static str| if is_sqlite { a } else { b };
+            // One transaction per chunk: an order and its follow-ups are stored together.
+            let (scheduled, cancelled) = with_db!(&self.db, p => {
+                let mut tx = p.begin().await?;
+                sqlx::query(pick(ORDERS_SQLITE, ORDERS_PG)).bind(&orders_json).execute(&mut *tx).await?;
+                let s = sqlx::query(pick(FOLLOWUPS_SQLITE, FOLLOWUPS_PG)).bind(&schedule_json).bind(now.0).execute(&mut *tx).await?.rows_affected();
+                let c = if void.is_empty() { 0 } else {
+                    sqlx::query(pick(CANCEL_SQLITE, CANCEL_PG)).bind(&void_json).bind(now.0).execute(&mut *tx).await?.rows_affected()
+                };
+                tx.commit().await?;
+                (s, c)
+            });
+            outcome.stored += chunk.len();
+            outcome.scheduled += scheduled;
+            outcome.cancelled += cancelled;
+        }
+        Ok(outcome)
+    }
+
+    /// Every product id, to check order lines against the catalog.
+    pub async fn product_ids(&self) -> Result<HashSet<ProductId>> {
+        let ids: Vec<String> = with_db!(&self.db, p => sqlx::query_scalar("SELECT id FROM products").fetch_all(p).await?);
+        Ok(ids
+            .into_iter()
+            .filter_map(|s| ProductId::parse(&s).ok())
+            .collect())
+    }
+
+    pub async fn products(&self) -> Result<Vec<Product>> {
+        let sql = "SELECT id, title, url, image_url, price, currency, category, brand, in_stock, compatible_with, tags FROM products ORDER BY id";
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).fetch_all(p).await?;
+            rows.iter().map(|r| -> Result<Product> {
+                Ok(Product {
+                    id: pid(r.try_get("id")?)?,
+                    title: r.try_get("title")?,
+                    url: r.try_get("url")?,
+                    image_url: r.try_get("image_url")?,
+                    price: Money::from_minor(r.try_get("price")?),
+                    currency: r.try_get("currency")?,
+                    category: r.try_get::<Option<String>, _>("category")?.and_then(|c| CategoryPath::parse(&c).ok()),
+                    brand: r.try_get("brand")?,
+                    in_stock: r.try_get("in_stock")?,
+                    compatible_with: json_col::<Vec<String>>(r.try_get("compatible_with")?)?
+                        .iter().filter_map(|s| ProductId::parse(s).ok()).collect(),
+                    tags: json_col(r.try_get("tags")?)?,
+                })
+            }).collect()
+        })
+    }
+
+    /// Orders that count as purchases (not cancelled or refunded), oldest first: the
+    /// recommender's training data.
+    pub async fn purchase_history(&self) -> Result<Vec<Order>> {
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders
+                   WHERE status NOT IN ('cancelled', 'refunded') ORDER BY created_at";
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).fetch_all(p).await?;
+            rows.iter().map(order_from_row).collect()
+        })
+    }
+
+    pub async fn order(&self, id: &str) -> Result<Option<Order>> {
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders WHERE id = $1";
+        with_db!(&self.db, p => {
+            let row = sqlx::query(sql).bind(id).fetch_optional(p).await?;
+            row.as_ref().map(order_from_row).transpose()
+        })
+    }
+
+    /// Recent orders, newest first (preview lists them).
+    pub async fn recent_orders(&self, limit: i64) -> Result<Vec<Order>> {
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders
+                   WHERE status NOT IN ('cancelled', 'refunded') ORDER BY created_at DESC LIMIT $1";
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).bind(limit).fetch_all(p).await?;
+            rows.iter().map(order_from_row).collect()
+        })
+    }
+
+    pub async fn customer(&self, id: &str) -> Result<Option<CustomerRow>> {
+        let sql = "SELECT c.id, c.email, c.name, c.timezone, c.locale, c.marketing_consent, c.unsubscribed_at,
+                          (SELECT COUNT(*) FROM suppressions s WHERE s.email = c.email) AS suppressed
+                   FROM customers c WHERE c.id = $1";
+        with_db!(&self.db, p => {
+            let row = sqlx::query(sql).bind(id).fetch_optional(p).await?;
+            row.map(|r| -> Result<CustomerRow> {
+                Ok(CustomerRow {
+                    customer: Customer {
+                        id: CustomerId::parse(&r.try_get::<String, _>("id")?).map_err(StoreError::Corrupt)?,
+                        email: EmailAddress::parse(&r.try_get::<String, _>("email")?).map_err(StoreError::Corrupt)?,
+                        name: r.try_get("name")?,
+                        timezone: r.try_get("timezone")?,
+                        locale: r.try_get("locale")?,
+                        marketing_consent: r.try_get("marketing_consent")?,
+                    },
+                    unsubscribed: r.try_get::<Option<i64>, _>("unsubscribed_at")?.is_some(),
+                    suppressed: r.try_get::<i64, _>("suppressed")? > 0,
+                })
+            }).transpose()
+        })
+    }
+
+    pub async fn order_context(&self, order_id: &str) -> Result<Option<OrderContext>> {
+        let Some(order) = self.order(order_id).await? else {
+            return Ok(None);
+        };
+        let customer = self.customer(order.customer_id.as_str()).await?;
+        Ok(Some(OrderContext { order, customer }))
+    }
+
+    /// The customer's purchases, on-site views and emails as of `now`.
+    pub async fn history(
+        &self,
+        customer: &CustomerId,
+        now: Timestamp,
+        seen_since: Timestamp,
+        emailed_since: Timestamp,
+    ) -> Result<History> {
+        let week_ago = Timestamp(now.0 - 7 * 86_400_000);
+        with_db!(&self.db, p => {
+            let mut h = History::default();
+            let bought: Vec<String> = sqlx::query_scalar(
+                "SELECT items FROM orders WHERE customer_id = $1 AND created_at <= $2 AND status NOT IN ('cancelled', 'refunded')")
+                .bind(customer.as_str()).bind(now.0).fetch_all(p).await?;
+            for items in bought {
+                for i in json_col::<Vec<OrderItem>>(items)? {
+                    h.bought_before.insert(i.product_id);
+                }
+            }
+            let seen: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT product_id FROM events WHERE customer_id = $1 AND at >= $2 AND at <= $3")
+                .bind(customer.as_str()).bind(seen_since.0).bind(now.0).fetch_all(p).await?;
+            h.seen_on_site = seen.iter().filter_map(|s| ProductId::parse(s).ok()).collect();
+            let sent = sqlx::query(
+                "SELECT items, sent_at FROM followups WHERE customer_id = $1 AND sent_at IS NOT NULL AND sent_at >= $2 AND state = 'sent'")
+                .bind(customer.as_str()).bind(emailed_since.0.min(week_ago.0)).fetch_all(p).await?;
+            for r in sent {
+                let at: i64 = r.try_get("sent_at")?;
+                if at >= emailed_since.0 {
+                    if let Some(items) = r.try_get::<Option<String>, _>("items")? {
+                        h.emailed_recently.extend(json_col::<Vec<String>>(items)?.iter().filter_map(|s| ProductId::parse(s).ok()));
+                    }
+                }
+                if at > week_ago.0 && at <= now.0 {
+                    h.sent_last_week.push(Timestamp(at));
+                }
+            }
+            Ok(h)
+        })
+    }
+
+    /// Customers with marketing consent who bought `product` since `since` (or all
+    /// consenting customers when `product` is None), with their latest order.
+    pub async fn segment(
+        &self,
+        product: Option<&ProductId>,
+        since: Timestamp,
+    ) -> Result<Vec<(CustomerId, OrderId)>> {
+        let sql = "SELECT o.customer_id, MAX(o.id) AS order_id FROM orders o JOIN customers c ON c.id = o.customer_id
+                   WHERE c.marketing_consent = TRUE AND o.status NOT IN ('cancelled', 'refunded') AND o.created_at >= $1
+                     AND ($2 = '' OR o.items LIKE '%\"product_id\":\"' || $2 || '\"%')
+                   GROUP BY o.customer_id ORDER BY o.customer_id";
+        let product = product.map(|p| p.as_str().to_owned()).unwrap_or_default();
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).bind(since.0).bind(&product).fetch_all(p).await?;
+            rows.iter().map(|r| -> Result<(CustomerId, OrderId)> {
+                Ok((CustomerId::parse(&r.try_get::<String, _>("customer_id")?).map_err(StoreError::Corrupt)?,
+                    OrderId::parse(&r.try_get::<String, _>("order_id")?).map_err(StoreError::Corrupt)?))
+            }).collect()
+        })
+    }
+}
+
+fn pid(s: String) -> Result<ProductId> {
+    ProductId::parse(&s).map_err(StoreError::Corrupt)
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(s: String) -> Result<T> {
+    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
+}
+
+fn order_from_row<R: Row>(r: &R) -> Result<Order>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = r.try_get("status")?;
+    Ok(Order {
+        id: OrderId::parse(&r.try_get::<String, _>("id")?).map_err(StoreError::Corrupt)?,
+        customer_id: CustomerId::parse(&r.try_get::<String, _>("customer_id")?)
+            .map_err(StoreError::Corrupt)?,
+        status: OrderStatus::parse(&status).map_err(StoreError::Corrupt)?,
+        created_at: Timestamp(r.try_get("created_at")?),
+        completed_at: r.try_get::<Option<i64>, _>("completed_at")?.map(Timestamp),
+        delivered_at: r.try_get::<Option<i64>, _>("delivered_at")?.map(Timestamp),
+        total: Money::from_minor(r.try_get("total")?),
+        currency: r.try_get("currency")?,
+        items: json_col(r.try_get("items")?)?,
+    })
+}

@@ -1,0 +1,281 @@
+//! The follow-up ledger, which is also the queue. SPEC §7's lifecycle:
+//!
+//! - `scheduled`: stored when an order reaches its campaign's trigger; `next_at` = due.
+//! - `deferred`: a cap or quiet hours moved it; `next_at` = the first allowed time.
+//! - `sending`: a worker claimed it (`lease_owner`, `next_at` = lease expiry). If that
+//!   worker dies the lease runs out and another worker claims it again; the message it
+//!   sends carries the same Message-ID.
+//! - `sent` | `failed` | `skipped` (with a reason): final, `next_at` NULL.
+//!
+//! Only the lease owner may finish a row (`finish` checks it), so a worker whose lease
+//! was taken over cannot overwrite the new owner's outcome.
+
+use super::{Db, Result, Store, StoreError, with_db};
+use crate::domain::{Order, Timestamp, Trigger};
+use sqlx::Row;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowupState {
+    Scheduled,
+    Deferred,
+    Sending,
+    Sent,
+    Skipped,
+    Failed,
+}
+
+impl FollowupState {
+    pub const ALL: [FollowupState; 6] = [
+        Self::Scheduled,
+        Self::Deferred,
+        Self::Sending,
+        Self::Sent,
+        Self::Skipped,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Deferred => "deferred",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .ok_or_else(|| {
+                format!("{raw:?} is not one of scheduled|deferred|sending|sent|skipped|failed")
+            })
+    }
+}
+
+/// When a campaign's follow-up falls due for an order.
+#[derive(Debug, Clone)]
+pub struct ScheduleRule {
+    pub campaign: String,
+    pub trigger: Trigger,
+    pub delay: Duration,
+}
+
+impl ScheduleRule {
+    /// The due time, or None when the order has not reached the trigger.
+    pub fn due_at(&self, o: &Order) -> Option<Timestamp> {
+        use crate::domain::OrderStatus::*;
+        let start = match (self.trigger, o.status) {
+            (Trigger::OrderCompleted, Completed | Delivered) => o.completed_at.or(o.delivered_at)?,
+            (Trigger::OrderDelivered, Delivered) => o.delivered_at.or(o.completed_at)?,
+            _ => return None,
+        };
+        Some(start.plus(self.delay))
+    }
+}
+
+/// A row a worker now holds.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub order_id: String,
+    pub campaign: String,
+    pub customer_id: String,
+    pub due_at: Timestamp,
+    /// Counting this claim.
+    pub attempts: i64,
+}
+
+/// How a claimed row ends (or goes back to the queue).
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Sent {
+        message_id: String,
+        reply: String,
+        items: Vec<String>,
+        at: Timestamp,
+    },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        reply: String,
+    },
+    /// Back to the queue at `next_at` (quiet hours, cap `defer`, SMTP retry).
+    Retry {
+        next_at: Timestamp,
+        reply: Option<String>,
+        deferred: bool,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FollowupRow {
+    pub id: i64,
+    pub order_id: String,
+    pub campaign: String,
+    pub customer_id: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub due_at: Timestamp,
+    pub next_at: Option<Timestamp>,
+    pub sent_at: Option<Timestamp>,
+    pub message_id: Option<String>,
+    pub smtp_reply: Option<String>,
+    pub attempts: i64,
+    pub items: Vec<String>,
+}
+
+const CLAIM_SQLITE: &str = "UPDATE followups SET state = 'sending', lease_owner = $1, next_at = $2, attempts = attempts + 1, updated_at = $3
+ WHERE id IN (SELECT id FROM followups WHERE next_at IS NOT NULL AND next_at <= $3 ORDER BY next_at LIMIT $4)
+ RETURNING id, order_id, campaign, customer_id, due_at, attempts";
+// SKIP LOCKED lets many workers claim side by side without waiting on each other.
+const CLAIM_PG: &str = "UPDATE followups f SET state = 'sending', lease_owner = $1, next_at = $2, attempts = f.attempts + 1, updated_at = $3
+ FROM (SELECT id FROM followups WHERE next_at IS NOT NULL AND next_at <= $3 ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED) c
+ WHERE f.id = c.id
+ RETURNING f.id, f.order_id, f.campaign, f.customer_id, f.due_at, f.attempts";
+
+const FINISH_SENT: &str = "UPDATE followups SET state = 'sent', reason = NULL, message_id = $3, smtp_reply = $4, items = $5, sent_at = $6,
+ next_at = NULL, lease_owner = NULL, updated_at = $7 WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
+const FINISH_SKIPPED: &str = "UPDATE followups SET state = 'skipped', reason = $3, next_at = NULL, lease_owner = NULL, updated_at = $4
+ WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
+const FINISH_FAILED: &str = "UPDATE followups SET state = 'failed', smtp_reply = $3, next_at = NULL, lease_owner = NULL, updated_at = $4
+ WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
+const FINISH_RETRY: &str = "UPDATE followups SET state = $3, next_at = $4, smtp_reply = COALESCE($5, smtp_reply), lease_owner = NULL,
+ updated_at = $6, attempts = attempts - $7 WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
+
+impl Store {
+    /// Takes up to `limit` due rows (due, deferred and retry times passed, or leases run
+    /// out) for `owner` until `lease_until`.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        let sql = if matches!(self.db, Db::Sqlite(_)) {
+            CLAIM_SQLITE
+        } else {
+            CLAIM_PG
+        };
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).bind(owner).bind(lease_until.0).bind(now.0).bind(limit as i64).fetch_all(p).await?;
+            let mut out = rows.iter().map(|r| -> Result<Claimed> {
+                Ok(Claimed {
+                    id: r.try_get("id")?,
+                    order_id: r.try_get("order_id")?,
+                    campaign: r.try_get("campaign")?,
+                    customer_id: r.try_get("customer_id")?,
+                    due_at: Timestamp(r.try_get("due_at")?),
+                    attempts: r.try_get("attempts")?,
+                })
+            }).collect::<Result<Vec<_>>>()?;
+            out.sort_by_key(|c| (c.due_at, c.id));
+            Ok(out)
+        })
+    }
+
+    /// Records outcomes in one transaction. Returns how many rows this owner still held
+    /// (a row whose lease was taken over is left to its new owner).
+    pub async fn finish(
+        &self,
+        owner: &str,
+        outcomes: &[(i64, Finish)],
+        now: Timestamp,
+    ) -> Result<u64> {
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            let mut n = 0;
+            for (id, f) in outcomes {
+                let q = match f {
+                    Finish::Sent { message_id, reply, items, at } => sqlx::query(FINISH_SENT)
+                        .bind(id).bind(owner).bind(message_id).bind(reply)
+                        .bind(serde_json::to_string(items).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                        .bind(at.0).bind(now.0),
+                    Finish::Skipped { reason } => sqlx::query(FINISH_SKIPPED).bind(id).bind(owner).bind(reason).bind(now.0),
+                    Finish::Failed { reply } => sqlx::query(FINISH_FAILED).bind(id).bind(owner).bind(reply).bind(now.0),
+                    Finish::Retry { next_at, reply, state, smtp_attempt } => sqlx::query(FINISH_RETRY)
+                        .bind(id).bind(owner).bind(state.as_str())
+                        .bind(next_at.0).bind(reply.clone()).bind(now.0).bind(if *smtp_attempt { 0i64 } else { 1i64 }),
+                };
+                n += q.execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
+    /// Hands rows this worker holds back to the queue at once (graceful shutdown).
+    pub async fn release(&self, owner: &str, now: Timestamp) -> Result<u64> {
+        let sql = "UPDATE followups SET state = 'scheduled', next_at = $2, attempts = attempts - 1, lease_owner = NULL, updated_at = $2
+                   WHERE lease_owner = $1 AND state = 'sending'";
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(owner).bind(now.0).execute(p).await?.rows_affected()))
+    }
+
+    pub async fn followups(
+        &self,
+        order: Option<&str>,
+        state: Option<FollowupState>,
+        limit: i64,
+    ) -> Result<Vec<FollowupRow>> {
+        let sql = "SELECT id, order_id, campaign, customer_id, state, reason, due_at, next_at, sent_at, message_id, smtp_reply, attempts, items
+                   FROM followups WHERE ($1 = '' OR order_id = $1) AND ($2 = '' OR state = $2) ORDER BY due_at, id LIMIT $3";
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).bind(order.unwrap_or("")).bind(state.map(|s| s.as_str()).unwrap_or("")).bind(limit).fetch_all(p).await?;
+            rows.iter().map(|r| -> Result<FollowupRow> {
+                let items: Option<String> = r.try_get("items")?;
+                Ok(FollowupRow {
+                    id: r.try_get("id")?,
+                    order_id: r.try_get("order_id")?,
+                    campaign: r.try_get("campaign")?,
+                    customer_id: r.try_get("customer_id")?,
+                    state: r.try_get("state")?,
+                    reason: r.try_get("reason")?,
+                    due_at: Timestamp(r.try_get("due_at")?),
+                    next_at: r.try_get::<Option<i64>, _>("next_at")?.map(Timestamp),
+                    sent_at: r.try_get::<Option<i64>, _>("sent_at")?.map(Timestamp),
+                    message_id: r.try_get("message_id")?,
+                    smtp_reply: r.try_get("smtp_reply")?,
+                    attempts: r.try_get("attempts")?,
+                    items: items.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
+                })
+            }).collect()
+        })
+    }
+
+    /// The earliest time any row may be taken (None when every row is final).
+    pub async fn next_wakeup(&self) -> Result<Option<Timestamp>> {
+        with_db!(&self.db, p => {
+            let t: Option<i64> = sqlx::query_scalar("SELECT MIN(next_at) FROM followups WHERE next_at IS NOT NULL").fetch_one(p).await?;
+            Ok(t.map(Timestamp))
+        })
+    }
+
+    /// Re-queues failed follow-ups on purpose (never sent or skipped ones).
+    pub async fn retry_failed(&self, order: Option<&str>, now: Timestamp) -> Result<u64> {
+        let sql =
+            "UPDATE followups SET state = 'scheduled', next_at = $2, attempts = 0, updated_at = $2
+                   WHERE state = 'failed' AND ($1 = '' OR order_id = $1)";
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(order.unwrap_or("")).bind(now.0).execute(p).await?.rows_affected()))
+    }
+
+    /// Schedules one follow-up (a marketing trigger); false when it already existed.
+    pub async fn schedule_one(
+        &self,
+        order_id: &str,
+        campaign: &str,
+        customer_id: &str,
+        due: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let sql = "INSERT INTO followups (order_id, campaign, customer_id, state, due_at, next_at, created_at, updated_at)
+                   VALUES ($1, $2, $3, 'scheduled', $4, $4, $5, $5) ON CONFLICT (order_id, campaign) DO NOTHING";
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(order_id).bind(campaign).bind(customer_id).bind(due.0).bind(now.0)
+            .execute(p).await?.rows_affected() == 1))
+    }
+}

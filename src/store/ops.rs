@@ -1,0 +1,138 @@
+//! What operators and compliance need: status counts, live workers, the suppression
+//! list, unsubscribes and template errors.
+
+use super::{Result, Store, with_db};
+use crate::domain::Timestamp;
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    pub followups: BTreeMap<String, i64>,
+    pub skipped_by_reason: BTreeMap<String, i64>,
+    pub sent_last_24h: i64,
+    pub next_due: Option<Timestamp>,
+    pub workers: Vec<WorkerRow>,
+    pub template_errors: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerRow {
+    pub name: String,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SuppressionRow {
+    pub email: String,
+    pub reason: String,
+    pub created_at: Timestamp,
+}
+
+impl Store {
+    pub async fn status(&self, now: Timestamp, live_since: Timestamp) -> Result<StatusReport> {
+        with_db!(&self.db, p => {
+            let mut followups: BTreeMap<String, i64> =
+                ["scheduled", "deferred", "sending", "sent", "skipped", "failed"].iter().map(|s| (s.to_string(), 0)).collect();
+            for r in sqlx::query("SELECT state, COUNT(*) AS n FROM followups GROUP BY state").fetch_all(p).await? {
+                followups.insert(r.try_get("state")?, r.try_get("n")?);
+            }
+            let mut skipped_by_reason = BTreeMap::new();
+            for r in sqlx::query("SELECT reason, COUNT(*) AS n FROM followups WHERE state = 'skipped' GROUP BY reason").fetch_all(p).await? {
+                let reason: Option<String> = r.try_get("reason")?;
+                skipped_by_reason.insert(reason.unwrap_or_else(|| "unknown".into()), r.try_get("n")?);
+            }
+            let sent_last_24h: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM followups WHERE state = 'sent' AND sent_at > $1")
+                .bind(now.0 - 86_400_000).fetch_one(p).await?;
+            let next_due: Option<i64> = sqlx::query_scalar("SELECT MIN(next_at) FROM followups WHERE state IN ('scheduled', 'deferred')")
+                .fetch_one(p).await?;
+            let workers = sqlx::query("SELECT name, host, pid, started_at, heartbeat_at FROM workers
+                                       WHERE stopped_at IS NULL AND heartbeat_at >= $1 ORDER BY name")
+                .bind(live_since.0).fetch_all(p).await?
+                .iter().map(|r| -> Result<WorkerRow> {
+                    Ok(WorkerRow {
+                        name: r.try_get("name")?, host: r.try_get("host")?, pid: r.try_get("pid")?,
+                        started_at: Timestamp(r.try_get("started_at")?), heartbeat_at: Timestamp(r.try_get("heartbeat_at")?),
+                    })
+                }).collect::<Result<Vec<_>>>()?;
+            let mut template_errors = BTreeMap::new();
+            for r in sqlx::query("SELECT campaign, problem FROM template_errors ORDER BY campaign").fetch_all(p).await? {
+                template_errors.insert(r.try_get("campaign")?, r.try_get("problem")?);
+            }
+            Ok(StatusReport { followups, skipped_by_reason, sent_last_24h, next_due: next_due.map(Timestamp), workers, template_errors })
+        })
+    }
+
+    pub async fn register_worker(
+        &self,
+        name: &str,
+        host: &str,
+        pid: i64,
+        now: Timestamp,
+    ) -> Result<()> {
+        let sql = "INSERT INTO workers (name, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
+                   ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, stopped_at = NULL";
+        with_db!(&self.db, p => { sqlx::query(sql).bind(name).bind(host).bind(pid).bind(now.0).execute(p).await?; Ok(()) })
+    }
+
+    pub async fn worker_stopped(&self, name: &str, now: Timestamp) -> Result<()> {
+        with_db!(&self.db, p => {
+            sqlx::query("UPDATE workers SET stopped_at = $2, heartbeat_at = $2 WHERE name = $1").bind(name).bind(now.0).execute(p).await?;
+            Ok(())
+        })
+    }
+
+    pub async fn suppress(&self, email: &str, reason: &str, now: Timestamp) -> Result<bool> {
+        let sql = "INSERT INTO suppressions (email, reason, created_at) VALUES ($1, $2, $3)
+                   ON CONFLICT (email) DO UPDATE SET reason = excluded.reason";
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(email.to_lowercase()).bind(reason).bind(now.0).execute(p).await?.rows_affected() > 0))
+    }
+
+    pub async fn unsuppress(&self, email: &str) -> Result<bool> {
+        with_db!(&self.db, p => Ok(sqlx::query("DELETE FROM suppressions WHERE email = $1").bind(email.to_lowercase()).execute(p).await?.rows_affected() > 0))
+    }
+
+    pub async fn suppressions(&self) -> Result<Vec<SuppressionRow>> {
+        with_db!(&self.db, p => {
+            sqlx::query("SELECT email, reason, created_at FROM suppressions ORDER BY email").fetch_all(p).await?
+                .iter().map(|r| -> Result<SuppressionRow> {
+                    Ok(SuppressionRow { email: r.try_get("email")?, reason: r.try_get("reason")?, created_at: Timestamp(r.try_get("created_at")?) })
+                }).collect()
+        })
+    }
+
+    /// Marks the customer unsubscribed (idempotent); false when there is no such customer.
+    pub async fn unsubscribe(&self, customer_id: &str, now: Timestamp) -> Result<bool> {
+        let sql =
+            "UPDATE customers SET unsubscribed_at = COALESCE(unsubscribed_at, $2) WHERE id = $1";
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(customer_id).bind(now.0).execute(p).await?.rows_affected() > 0))
+    }
+
+    /// Remembers (or clears, with None) the template problem that holds a campaign back.
+    pub async fn set_template_error(
+        &self,
+        campaign: &str,
+        problem: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        with_db!(&self.db, p => {
+            match problem {
+                Some(text) => sqlx::query("INSERT INTO template_errors (campaign, problem, at) VALUES ($1, $2, $3)
+                                           ON CONFLICT (campaign) DO UPDATE SET problem = excluded.problem, at = excluded.at")
+                    .bind(campaign).bind(text).bind(now.0).execute(p).await?,
+                None => sqlx::query("DELETE FROM template_errors WHERE campaign = $1").bind(campaign).execute(p).await?,
+            };
+            Ok(())
+        })
+    }
+
+    /// Records a webhook delivery id; false when it was seen before.
+    pub async fn first_delivery(&self, id: &str, now: Timestamp) -> Result<bool> {
+        let sql =
+            "INSERT INTO webhook_deliveries (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(id).bind(now.0).execute(p).await?.rows_affected() == 1))
+    }
+}
