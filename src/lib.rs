@@ -3,7 +3,15 @@
 //! Data flows one way: input (`cli`, `http`, `import`) → `store` → `jobs` → `recommend`
 //! → `render` → `mail`.
 
+pub mod campaign;
+pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod import;
+pub mod jobs;
+pub mod mail;
+pub mod recommend;
+pub mod render;
 pub mod store;
+pub mod unsubscribe;
