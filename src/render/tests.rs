@@ -1,0 +1,367 @@
+//! Tests of the shipped templates, error locations on broken copies, escaping, CSS
+//! inlining, the generated text part and hot reload.
+
+use super::*;
+use std::path::{Path, PathBuf};
+
+fn shipped_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")
+}
+
+fn campaigns() -> Vec<(String, String)> {
+    vec![
+        ("complete_your_setup".into(), "complements".into()),
+        ("upgrade".into(), "upgrades".into()),
+    ]
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A copy of the shipped tree in a temp dir; returns (guard, templates dir).
+fn broken_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("templates");
+    copy_tree(&shipped_dir(), &dir);
+    (tmp, dir)
+}
+
+/// Replaces `from` (which must occur) by `to` in `dir/name`; returns the new source.
+fn edit(dir: &Path, name: &str, from: &str, to: &str) -> String {
+    let path = dir.join(name);
+    let src = std::fs::read_to_string(&path).unwrap();
+    assert!(src.contains(from), "{name} lacks {from:?}");
+    let new = src.replacen(from, to, 1);
+    std::fs::write(&path, &new).unwrap();
+    new
+}
+
+fn pos_of(src: &str, needle: &str) -> (usize, usize) {
+    problem::line_col(src, src.find(needle).unwrap())
+}
+
+fn only_problem(dir: &Path) -> Problem {
+    let problems = check(dir, &campaigns());
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    problems.into_iter().next().unwrap()
+}
+
+fn expect_at(p: &Problem, dir: &Path, name: &str, (line, column): (usize, usize)) {
+    assert_eq!(p.file, format!("{}/{name}", dir.display()), "{p}");
+    assert_eq!((p.line, p.column), (line, column), "{p}");
+}
+
+#[test]
+fn embedded_copies_equal_the_files_on_disk() {
+    let root = shipped_dir();
+    let on_disk = read_tree(&root, "templates").unwrap();
+    let embedded: BTreeMap<String, String> = embedded::EMBEDDED
+        .iter()
+        .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
+        .collect();
+    assert_eq!(
+        on_disk.keys().collect::<Vec<_>>(),
+        embedded.keys().collect::<Vec<_>>(),
+        "add new template files to src/render/embedded.rs"
+    );
+    for (name, src) in &on_disk {
+        assert_eq!(
+            src, &embedded[name],
+            "{name} differs from its embedded copy"
+        );
+    }
+}
+
+#[test]
+fn shipped_templates_check_clean() {
+    assert_eq!(check(&shipped_dir(), &campaigns()), vec![]);
+    assert_eq!(Templates::embedded().unwrap().check(&campaigns()), vec![]);
+    let t = Templates::load_or_embedded(Path::new("/nonexistent/templates")).unwrap();
+    assert_eq!(t.campaigns(), vec!["complete_your_setup", "upgrade"]);
+}
+
+#[test]
+fn unclosed_block_points_at_the_opening_tag() {
+    let (_tmp, dir) = broken_copy();
+    let src = edit(
+        &dir,
+        "upgrade/body.html",
+        "<h1>Hi",
+        "{% if customer.name %}<h1>Hi",
+    );
+    let p = only_problem(&dir);
+    expect_at(
+        &p,
+        &dir,
+        "upgrade/body.html",
+        pos_of(&src, "{% if customer.name %}"),
+    );
+    assert!(p.message.contains("endif"), "{p}");
+}
+
+#[test]
+fn unknown_variable_is_located_in_the_source() {
+    let (_tmp, dir) = broken_copy();
+    let src = edit(
+        &dir,
+        "upgrade/body.html",
+        "<h1>Hi {{ customer.first_name }}",
+        "<h1>Hi {{ customer.nmae }}",
+    );
+    let p = only_problem(&dir);
+    expect_at(&p, &dir, "upgrade/body.html", pos_of(&src, "customer.nmae"));
+    assert!(p.message.contains("customer.nmae"), "{p}");
+    assert!(
+        p.to_string()
+            .starts_with(&format!("{}/upgrade/body.html:", dir.display()))
+    );
+}
+
+#[test]
+fn unknown_filter_is_located_in_the_partial() {
+    let (_tmp, dir) = broken_copy();
+    let src = edit(
+        &dir,
+        "partials/product_card.html",
+        "{{ item.reason }}",
+        "{{ item.reason | shout }}",
+    );
+    let problems = check(&dir, &campaigns());
+    // Both campaigns include the card; each reports the same place.
+    assert!(!problems.is_empty());
+    for p in &problems {
+        expect_at(p, &dir, "partials/product_card.html", pos_of(&src, "shout"));
+        assert!(p.message.contains("shout"), "{p}");
+    }
+}
+
+#[test]
+fn syntax_error_in_a_partial_names_the_partial() {
+    let (_tmp, dir) = broken_copy();
+    let src = edit(
+        &dir,
+        "partials/footer.html",
+        "{{ store.postal_address }}",
+        "{{ store.postal_address | }}",
+    );
+    let p = only_problem(&dir);
+    let (line, _) = pos_of(&src, "store.postal_address |");
+    assert_eq!(
+        p.file,
+        format!("{}/partials/footer.html", dir.display()),
+        "{p}"
+    );
+    assert_eq!(p.line, line, "{p}");
+    // pest points just after the dangling `|`.
+    let (_, col) = pos_of(&src, " }}</p>");
+    assert_eq!(p.column, col + 1, "{p}");
+}
+
+#[test]
+fn missing_folder_and_files_are_problems() {
+    let (_tmp, dir) = broken_copy();
+    std::fs::remove_file(dir.join("upgrade/subject.txt")).unwrap();
+    let mut c = campaigns();
+    c.push(("winback".into(), "complements".into()));
+    let problems = check(&dir, &c);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(
+        problems[0].file,
+        format!("{}/upgrade/subject.txt", dir.display())
+    );
+    assert_eq!(problems[1].file, format!("{}/winback", dir.display()));
+}
+
+#[test]
+fn footer_is_required_in_both_parts() {
+    let (_tmp, dir) = broken_copy();
+    edit(
+        &dir,
+        "partials/footer.txt",
+        "{{ store.postal_address }}",
+        "",
+    );
+    let problems = check(&dir, &campaigns());
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].file.ends_with("complete_your_setup/body.txt"));
+    assert!(problems[0].message.contains("postal address"));
+}
+
+#[test]
+fn html_is_escaped_but_subject_and_text_are_not() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    let ctx = sample_context("complete_your_setup", "complements");
+    let r = t.render("complete_your_setup", &ctx).unwrap();
+    assert_eq!(
+        r.subject,
+        "Ada, complete your setup with Cable <USB-C> & more"
+    );
+    assert!(
+        r.text.contains("* Cable <USB-C> & more - $19.99"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.html.contains("Cable &lt;USB-C&gt; &amp; more"),
+        "{}",
+        r.html
+    );
+    // Attribute values may keep `<` (valid HTML); text nodes must not.
+    assert!(!r.html.contains("><USB-C>") && !r.html.contains(">Cable <USB-C>"));
+    assert!(
+        r.html.contains("alt=\"Cable <USB-C> &amp; more\""),
+        "{}",
+        r.html
+    );
+    assert_eq!(
+        r.preheader.as_deref(),
+        Some("3 picks that go with your order O00001234.")
+    );
+    assert!(
+        r.html
+            .contains("3 picks that go with your order O00001234.")
+    );
+    // Local date in the customer's zone: 03:36 UTC on June 1 is May 31 in New York.
+    assert!(r.text.contains("May 31, 2024"), "{}", r.text);
+    assert!(
+        r.text
+            .contains("utm_source=aftercart&utm_medium=email&utm_campaign=complete_your_setup")
+    );
+}
+
+#[test]
+fn css_is_inlined() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    let r = t
+        .render("upgrade", &sample_context("upgrade", "upgrades"))
+        .unwrap();
+    assert!(
+        !r.html.contains("<style"),
+        "style block should be moved inline"
+    );
+    let card = r.html.find("class=\"product\"").expect("a product card");
+    let tag_start = r.html[..card].rfind('<').unwrap();
+    let tag = &r.html[tag_start..tag_start + r.html[tag_start..].find('>').unwrap()];
+    assert!(tag.contains("style=\"") && tag.contains("border:"), "{tag}");
+}
+
+#[test]
+fn generated_text_part_has_titles_address_and_unsubscribe() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    let ctx = sample_context("upgrade", "upgrades");
+    let r = t.render("upgrade", &ctx).unwrap();
+    for item in &ctx.items {
+        assert!(
+            r.text.contains(&item.title),
+            "{} missing:\n{}",
+            item.title,
+            r.text
+        );
+    }
+    assert!(r.text.contains(&ctx.store.postal_address), "{}", r.text);
+    assert!(r.text.contains(&ctx.unsubscribe_url), "{}", r.text);
+    // Prose is wrapped; link-list lines keep their URL whole however long.
+    assert!(
+        r.text
+            .lines()
+            .all(|l| l.chars().count() <= TEXT_WIDTH || is_link_line(l)),
+        "{}",
+        r.text
+    );
+    let link = add_utm(&ctx.items[0].url, "upgrade").unwrap();
+    assert!(r.text.lines().any(|l| l.ends_with(&link)), "{}", r.text);
+    assert!(
+        !r.text.contains("{"),
+        "no CSS in the text part:\n{}",
+        r.text
+    );
+    assert!(!r.subject.contains('\n'));
+    assert_eq!(r.preheader, None);
+}
+
+#[test]
+fn first_name_falls_back_in_templates() {
+    let t = Templates::embedded().unwrap();
+    let mut ctx = sample_context("upgrade", "upgrades");
+    ctx.customer = CustomerInfo::new("C1", None, "x@example.com", "de-DE", "Europe/Berlin");
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert!(r.subject.starts_with("there, "), "{}", r.subject);
+    assert!(r.html.contains("Hi there"));
+    assert!(
+        r.html.contains("1.999,00&nbsp;$"),
+        "locale-aware prices: {}",
+        r.html
+    );
+}
+
+#[test]
+fn reload_keeps_last_good_and_picks_up_good_changes() {
+    let (_tmp, dir) = broken_copy();
+    let live = LiveTemplates::load(&dir, &campaigns()).unwrap();
+    let ctx = sample_context("upgrade", "upgrades");
+    let before = live.current().render("upgrade", &ctx).unwrap().subject;
+    assert_eq!(live.reload(&campaigns()), Ok(false), "nothing changed yet");
+
+    edit(
+        &dir,
+        "upgrade/body.html",
+        "{{ customer.first_name }}",
+        "{{ customer.nmae }}",
+    );
+    let problems = live.reload(&campaigns()).unwrap_err();
+    assert!(
+        problems[0].message.contains("customer.nmae"),
+        "{problems:?}"
+    );
+    assert_eq!(live.last_problems(), problems);
+    assert_eq!(
+        live.current().render("upgrade", &ctx).unwrap().subject,
+        before
+    );
+    assert_eq!(
+        live.reload(&campaigns()),
+        Ok(false),
+        "a refused change is reported once"
+    );
+
+    edit(
+        &dir,
+        "upgrade/body.html",
+        "{{ customer.nmae }}",
+        "{{ customer.first_name }}",
+    );
+    edit(
+        &dir,
+        "upgrade/subject.txt",
+        "ready for an upgrade?",
+        "time to upgrade?",
+    );
+    edit(
+        &dir,
+        "upgrade/subject.txt",
+        "customers like you",
+        "people like you",
+    );
+    assert_eq!(live.reload(&campaigns()), Ok(true));
+    assert!(live.last_problems().is_empty());
+    let after = live
+        .clone()
+        .current()
+        .render("upgrade", &ctx)
+        .unwrap()
+        .subject;
+    assert!(
+        after.starts_with("Ada, people like you upgraded to"),
+        "{after}"
+    );
+}
