@@ -55,10 +55,16 @@ impl TriggerReport {
                 s.push_str(&format!("\n  {k:<24} {v}"));
             }
             if let Some(e) = &self.sample {
-                s.push_str(&format!("\nsample email to {}\nSubject: {}\n\n{}", e.to, e.subject, e.text));
+                s.push_str(&format!(
+                    "\nsample email to {}\nSubject: {}\n\n{}",
+                    e.to, e.subject, e.text
+                ));
             }
         } else {
-            s.push_str(&format!("\n{} scheduled, {} already scheduled by this trigger", self.scheduled, self.already_scheduled));
+            s.push_str(&format!(
+                "\n{} scheduled, {} already scheduled by this trigger",
+                self.scheduled, self.already_scheduled
+            ));
         }
         s
     }
@@ -69,10 +75,19 @@ pub fn base_name(stored: &str) -> &str {
     stored.split_once('#').map(|(n, _)| n).unwrap_or(stored)
 }
 
-pub fn trigger_id(name: &str, bought: Option<&ProductId>, since: Duration, now: Timestamp) -> String {
+pub fn trigger_id(
+    name: &str,
+    bought: Option<&ProductId>,
+    since: Duration,
+    now: Timestamp,
+) -> String {
     let day = now.rfc3339()[..10].to_owned();
     let mut h = Sha256::new();
-    h.update(format!("{name}\n{}\n{}\n{day}", bought.map(|b| b.as_str()).unwrap_or("*"), since.as_secs()));
+    h.update(format!(
+        "{name}\n{}\n{}\n{day}",
+        bought.map(|b| b.as_str()).unwrap_or("*"),
+        since.as_secs()
+    ));
     hex::encode(&h.finalize()[..6])
 }
 
@@ -96,7 +111,10 @@ pub async fn trigger_with_id(
     dry_run: bool,
     id: &str,
 ) -> Result<TriggerReport, TriggerError> {
-    let campaign = engine.settings.campaign(name).ok_or_else(|| TriggerError::UnknownCampaign(name.to_owned()))?;
+    let campaign = engine
+        .settings
+        .campaign(name)
+        .ok_or_else(|| TriggerError::UnknownCampaign(name.to_owned()))?;
     let now = engine.clock.now();
     let segment = engine.store.segment(bought, now.minus(since)).await?;
     let stored_name = format!("{}#{id}", campaign.name);
@@ -115,7 +133,11 @@ pub async fn trigger_with_id(
             let outcome = match engine.decide(order.as_str(), &stored_name, now).await? {
                 Decision::Send(p) => {
                     if report.sample.is_none() {
-                        report.sample = Some(SampleEmail { to: p.email.to.clone(), subject: p.email.subject.clone(), text: p.email.text.clone() });
+                        report.sample = Some(SampleEmail {
+                            to: p.email.to.clone(),
+                            subject: p.email.subject.clone(),
+                            text: p.email.text.clone(),
+                        });
                     }
                     "would_send".to_owned()
                 }
@@ -124,7 +146,11 @@ pub async fn trigger_with_id(
                 Decision::TemplateError(_) => "template_error".to_owned(),
             };
             *report.outcomes.entry(outcome).or_default() += 1;
-        } else if engine.store.schedule_one(order.as_str(), &stored_name, customer.as_str(), now, now).await? {
+        } else if engine
+            .store
+            .schedule_one(order.as_str(), &stored_name, customer.as_str(), now, now)
+            .await?
+        {
             report.scheduled += 1;
         } else {
             report.already_scheduled += 1;

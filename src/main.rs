@@ -6,7 +6,8 @@ fn main() {
     let cli = aftercart::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AFTERCART_LOG").unwrap_or_else(|_| "warn,aftercart=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("AFTERCART_LOG")
+                .unwrap_or_else(|_| "warn,aftercart=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -18,7 +19,10 @@ fn main() {
         }
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let mut io = aftercart::cli::Io { out: &mut out, err: &mut err };
+    let mut io = aftercart::cli::Io {
+        out: &mut out,
+        err: &mut err,
+    };
     let result = runtime.block_on(aftercart::cli::run(cli, &mut io));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Err(e) = result {

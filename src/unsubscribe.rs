@@ -30,7 +30,9 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     pub fn new(secret: &str) -> Signer {
-        Signer { key: secret.as_bytes().to_vec() }
+        Signer {
+            key: secret.as_bytes().to_vec(),
+        }
     }
 
     fn mac(&self, payload: &[u8]) -> HmacSha256 {
@@ -53,7 +55,10 @@ impl Signer {
         self.mac(&payload).verify_slice(&sig).ok()?;
         let text = String::from_utf8(payload).ok()?;
         let (customer_id, scope) = text.split_once('\n')?;
-        Some(Unsubscribe { customer_id: customer_id.to_owned(), scope: scope.to_owned() })
+        Some(Unsubscribe {
+            customer_id: customer_id.to_owned(),
+            scope: scope.to_owned(),
+        })
     }
 }
 
@@ -78,7 +83,10 @@ mod tests {
         let (p, sig) = t.split_once('.').unwrap();
         let other = B64.encode("C000002\nall");
         assert!(s.verify(&format!("{other}.{sig}")).is_none());
-        assert!(s.verify(&format!("{p}.{}", B64.encode([0u8; 32]))).is_none());
+        assert!(
+            s.verify(&format!("{p}.{}", B64.encode([0u8; 32])))
+                .is_none()
+        );
         assert!(s.verify("garbage").is_none());
     }
 }

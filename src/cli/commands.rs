@@ -1,14 +1,17 @@
 //! One function per command.
 
 use super::setup::{campaign_templates, load_settings, open_engine, open_store};
-use super::{CampaignCommand, Cli, CliError, Command, FollowupsCommand, Io, ModelCommand, SuppressCommand, TemplatesCommand};
+use super::{
+    CampaignCommand, Cli, CliError, Command, FollowupsCommand, Io, ModelCommand, SuppressCommand,
+    TemplatesCommand,
+};
 use crate::config::Settings;
 use crate::domain::{EmailAddress, ProductId, Timestamp, parse_duration, parse_rfc3339};
 use crate::import::{Kind, import_reader};
 use crate::jobs::{Clock, Engine, RunOptions, Worker};
 use crate::mail::{Mailer, MailerConfig};
 use crate::store::{FollowupState, ScheduleRule, Store};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::sync::Arc;
 
 pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
@@ -28,19 +31,38 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             let store = open_store(&s).await?;
             worker(s, store, io).await
         }
-        Command::Serve { no_worker } => crate::http::serve(s, !no_worker).await.map_err(|e| CliError::Runtime(e.to_string())),
-        Command::Recommend { order, campaign, json } => recommend(s, &order, campaign.as_deref(), json, io).await,
-        Command::Preview { campaign, order, out } => preview(s, &campaign, &order, out.as_deref(), io).await,
-        Command::Templates { command: TemplatesCommand::Check } => {
+        Command::Serve { no_worker } => crate::http::serve(s, !no_worker)
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string())),
+        Command::Recommend {
+            order,
+            campaign,
+            json,
+        } => recommend(s, &order, campaign.as_deref(), json, io).await,
+        Command::Preview {
+            campaign,
+            order,
+            out,
+        } => preview(s, &campaign, &order, out.as_deref(), io).await,
+        Command::Templates {
+            command: TemplatesCommand::Check,
+        } => {
             let problems = crate::render::check(&s.templates_dir, &campaign_templates(&s));
             for p in &problems {
                 writeln!(io.err, "{p}")?;
             }
             if problems.is_empty() {
-                writeln!(io.out, "templates OK: {} campaign(s) rendered with sample data", s.campaigns.len())?;
+                writeln!(
+                    io.out,
+                    "templates OK: {} campaign(s) rendered with sample data",
+                    s.campaigns.len()
+                )?;
                 Ok(())
             } else {
-                Err(CliError::BadInput(format!("{} template problem(s)", problems.len())))
+                Err(CliError::BadInput(format!(
+                    "{} template problem(s)",
+                    problems.len()
+                )))
             }
         }
         Command::Campaign { command } => campaign(s, command, io).await,
@@ -49,17 +71,30 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             let store = open_store(&s).await?;
             if let Some(FollowupsCommand::Retry { order, state }) = args.command {
                 if order.is_none() && state.as_deref() != Some("failed") {
-                    return Err(CliError::Usage("followups retry needs --order ID or --state failed".into()));
+                    return Err(CliError::Usage(
+                        "followups retry needs --order ID or --state failed".into(),
+                    ));
                 }
                 if let Some(st) = state.as_deref().filter(|s| *s != "failed") {
-                    return Err(CliError::Usage(format!("only failed follow-ups can be retried, not {st:?}")));
+                    return Err(CliError::Usage(format!(
+                        "only failed follow-ups can be retried, not {st:?}"
+                    )));
                 }
-                let n = store.retry_failed(order.as_deref(), Timestamp::now()).await?;
+                let n = store
+                    .retry_failed(order.as_deref(), Timestamp::now())
+                    .await?;
                 writeln!(io.out, "{n} failed follow-up(s) re-queued")?;
                 return Ok(());
             }
-            let state = args.state.as_deref().map(FollowupState::parse).transpose().map_err(CliError::Usage)?;
-            let rows = store.followups(args.order.as_deref(), state, args.limit).await?;
+            let state = args
+                .state
+                .as_deref()
+                .map(FollowupState::parse)
+                .transpose()
+                .map_err(CliError::Usage)?;
+            let rows = store
+                .followups(args.order.as_deref(), state, args.limit)
+                .await?;
             if args.json {
                 let arr: Vec<_> = rows
                     .iter()
@@ -74,7 +109,11 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
                     .collect();
                 writeln!(io.out, "{}", serde_json::Value::from(arr))?;
             } else {
-                writeln!(io.out, "{:<14} {:<22} {:<9} {:<22} {:<20} {:>3} message-id / reply", "order", "campaign", "state", "reason", "due", "try")?;
+                writeln!(
+                    io.out,
+                    "{:<14} {:<22} {:<9} {:<22} {:<20} {:>3} message-id / reply",
+                    "order", "campaign", "state", "reason", "due", "try"
+                )?;
                 for r in rows {
                     writeln!(
                         io.out,
@@ -92,37 +131,84 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Evaluate { orders, split_at, k, campaign, json } => evaluate(&s, &orders, split_at.as_deref(), k, campaign.as_deref(), json, io).await,
+        Command::Evaluate {
+            orders,
+            split_at,
+            k,
+            campaign,
+            json,
+        } => {
+            evaluate(
+                &s,
+                &orders,
+                split_at.as_deref(),
+                k,
+                campaign.as_deref(),
+                json,
+                io,
+            )
+            .await
+        }
         Command::Suppress { command } => {
             let store = open_store(&s).await?;
             match command {
                 SuppressCommand::Add { email, reason } => {
-                    let e = EmailAddress::parse(&email).map_err(|why| CliError::BadInput(format!("email: {why}")))?;
-                    store.suppress(e.as_str(), &reason, Timestamp::now()).await?;
+                    let e = EmailAddress::parse(&email)
+                        .map_err(|why| CliError::BadInput(format!("email: {why}")))?;
+                    store
+                        .suppress(e.as_str(), &reason, Timestamp::now())
+                        .await?;
                     writeln!(io.out, "suppressed {e} ({reason})")?;
                 }
                 SuppressCommand::Remove { email } => {
                     let removed = store.unsuppress(&email).await?;
-                    writeln!(io.out, "{}", if removed { format!("removed {email}") } else { format!("{email} was not suppressed") })?;
+                    writeln!(
+                        io.out,
+                        "{}",
+                        if removed {
+                            format!("removed {email}")
+                        } else {
+                            format!("{email} was not suppressed")
+                        }
+                    )?;
                 }
                 SuppressCommand::List { json } => {
                     let rows = store.suppressions().await?;
                     if json {
-                        writeln!(io.out, "{}", serde_json::to_string(&rows).unwrap_or_default())?;
+                        writeln!(
+                            io.out,
+                            "{}",
+                            serde_json::to_string(&rows).unwrap_or_default()
+                        )?;
                     } else {
                         for r in rows {
-                            writeln!(io.out, "{}\t{}\t{}", r.email, r.reason, r.created_at.rfc3339())?;
+                            writeln!(
+                                io.out,
+                                "{}\t{}\t{}",
+                                r.email,
+                                r.reason,
+                                r.created_at.rfc3339()
+                            )?;
                         }
                     }
                 }
             }
             Ok(())
         }
-        Command::Model { command: ModelCommand::Rebuild } => {
+        Command::Model {
+            command: ModelCommand::Rebuild,
+        } => {
             let store = open_store(&s).await?;
             let started = std::time::Instant::now();
             let model = crate::jobs::load_model(&store).await?;
-            writeln!(io.out, "model built in {:.2}s: {}", started.elapsed().as_secs_f64(), model.summary())?;
+            writeln!(
+                io.out,
+                "model built in {:.2}s: {} products, {} orders, {} customers",
+                started.elapsed().as_secs_f64(),
+                model.product_count(),
+                model.order_count(),
+                model.customer_count()
+            )?;
             Ok(())
         }
         Command::Demo => unreachable!("handled above"),
@@ -133,7 +219,11 @@ pub fn schedule_rules(s: &Settings) -> Vec<ScheduleRule> {
     s.campaigns
         .iter()
         .filter(|c| c.enabled)
-        .map(|c| ScheduleRule { campaign: c.name.to_string(), trigger: c.trigger, delay: c.delay })
+        .map(|c| ScheduleRule {
+            campaign: c.name.to_string(),
+            trigger: c.trigger,
+            delay: c.delay,
+        })
         .collect()
 }
 
@@ -141,27 +231,41 @@ async fn import(s: &Settings, kind: &str, file: &str, io: &mut Io<'_>) -> Result
     let kind = Kind::parse(kind).map_err(CliError::Usage)?;
     let csv = file.to_ascii_lowercase().ends_with(".csv");
     if csv && !matches!(kind, Kind::Products | Kind::Customers) {
-        return Err(CliError::Usage(format!("{file}: CSV is accepted for products and customers only")));
+        return Err(CliError::Usage(format!(
+            "{file}: CSV is accepted for products and customers only"
+        )));
     }
     let (reader, size): (Box<dyn BufRead + Send>, Option<u64>) = if file == "-" {
         (Box::new(BufReader::new(std::io::stdin())), None)
     } else {
-        let f = std::fs::File::open(file).map_err(|e| CliError::BadInput(format!("{file}: cannot open: {e}")))?;
+        let f = std::fs::File::open(file)
+            .map_err(|e| CliError::BadInput(format!("{file}: cannot open: {e}")))?;
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(BufReader::with_capacity(1 << 20, f)), size)
     };
     let store = open_store(s).await?;
     let bar = (std::io::stderr().is_terminal() && size.is_some()).then(|| {
         let b = indicatif::ProgressBar::new(size.unwrap_or(0));
-        b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         b
     });
     let started = std::time::Instant::now();
-    let report = import_reader(&store, kind, reader, csv, &schedule_rules(s), Timestamp::now(), |n| {
-        if let Some(b) = &bar {
-            b.set_position(n);
-        }
-    })
+    let report = import_reader(
+        &store,
+        kind,
+        reader,
+        csv,
+        &schedule_rules(s),
+        Timestamp::now(),
+        |n| {
+            if let Some(b) = &bar {
+                b.set_position(n);
+            }
+        },
+    )
     .await
     .map_err(|e| CliError::Runtime(e.to_string()))?;
     if let Some(b) = bar {
@@ -182,7 +286,14 @@ async fn import(s: &Settings, kind: &str, file: &str, io: &mut Io<'_>) -> Result
         report.cancelled,
         report.stored as f64 / secs.max(1e-9)
     )?;
-    if report.bad.is_empty() { Ok(()) } else { Err(CliError::BadInput(format!("{name}: {} bad line(s)", report.bad.len()))) }
+    if report.bad.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::BadInput(format!(
+            "{name}: {} bad line(s)",
+            report.bad.len()
+        )))
+    }
 }
 
 pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
@@ -193,14 +304,19 @@ pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
         username: s.smtp.username.clone(),
         password: s.smtp.password.clone(),
     };
-    Ok(Arc::new(Mailer::connect(cfg).await.map_err(|e| CliError::Usage(format!("smtp.url: {e}")))?))
+    Ok(Arc::new(
+        Mailer::connect(cfg)
+            .await
+            .map_err(|e| CliError::Usage(format!("smtp.url: {e}")))?,
+    ))
 }
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -213,24 +329,47 @@ pub async fn shutdown_signal() {
 async fn worker(s: Settings, store: Store, io: &mut Io<'_>) -> Result<(), CliError> {
     let mailer = mailer(&s).await?;
     let engine = open_engine(s, store, Clock::System).await?;
-    let _watch = engine.templates.clone().spawn_watcher(campaign_templates(&engine.settings), std::time::Duration::from_secs(2));
+    let _watch = engine.templates.clone().spawn_watcher(
+        campaign_templates(&engine.settings),
+        std::time::Duration::from_secs(2),
+    );
     let worker = Worker::new(engine, mailer, RunOptions::new(false));
     let summary = worker.run(shutdown_signal()).await?;
-    writeln!(io.out, "worker stopped: {} sent, {} skipped, {} failed, {} retried", summary.sent, summary.skipped, summary.failed, summary.retried)?;
+    writeln!(
+        io.out,
+        "worker stopped: {} sent, {} skipped, {} failed, {} retried",
+        summary.sent, summary.skipped, summary.failed, summary.retried
+    )?;
     Ok(())
 }
 
-fn pick_campaign<'a>(s: &'a Settings, name: Option<&str>) -> Result<&'a crate::config::Campaign, CliError> {
+fn pick_campaign<'a>(
+    s: &'a Settings,
+    name: Option<&str>,
+) -> Result<&'a crate::config::Campaign, CliError> {
     match name {
-        Some(n) => s.campaign(n).ok_or_else(|| CliError::Usage(format!("no campaign named {n:?} in the config"))),
-        None => s.default_campaign().ok_or_else(|| CliError::Usage("the config has no enabled campaign".into())),
+        Some(n) => s
+            .campaign(n)
+            .ok_or_else(|| CliError::Usage(format!("no campaign named {n:?} in the config"))),
+        None => s
+            .default_campaign()
+            .ok_or_else(|| CliError::Usage("the config has no enabled campaign".into())),
     }
 }
 
-async fn recommend(s: Settings, order_id: &str, campaign: Option<&str>, json: bool, io: &mut Io<'_>) -> Result<(), CliError> {
+async fn recommend(
+    s: Settings,
+    order_id: &str,
+    campaign: Option<&str>,
+    json: bool,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
     let campaign = pick_campaign(&s, campaign)?.clone();
     let store = open_store(&s).await?;
-    let order = store.order(order_id).await?.ok_or_else(|| CliError::BadInput(format!("no order {order_id:?}")))?;
+    let order = store
+        .order(order_id)
+        .await?
+        .ok_or_else(|| CliError::BadInput(format!("no order {order_id:?}")))?;
     let engine = open_engine(s, store, Clock::System).await?;
     let history = engine.history(&order, Timestamp::now()).await?;
     let picks = engine.picks(&order, &campaign, history);
@@ -242,39 +381,71 @@ async fn recommend(s: Settings, order_id: &str, campaign: Option<&str>, json: bo
         let doc = serde_json::json!({"order_id": order_id, "campaign": campaign.name, "strategy": campaign.strategy.as_str(), "items": items});
         writeln!(io.out, "{doc}")?;
     } else {
-        writeln!(io.out, "{} for order {order_id} ({}):", campaign.name, campaign.strategy.as_str())?;
+        writeln!(
+            io.out,
+            "{} for order {order_id} ({}):",
+            campaign.name,
+            campaign.strategy.as_str()
+        )?;
         if picks.is_empty() {
             writeln!(io.out, "  nothing to recommend")?;
         }
         for p in &picks {
-            writeln!(io.out, "  {} {} ({}) — {}", p.product_id, p.title, p.price.decimal(), p.reason)?;
+            writeln!(
+                io.out,
+                "  {} {} ({}) — {}",
+                p.product_id,
+                p.title,
+                p.price.decimal(),
+                p.reason
+            )?;
         }
     }
     Ok(())
 }
 
-async fn preview(s: Settings, campaign: &str, order_id: &str, out: Option<&std::path::Path>, io: &mut Io<'_>) -> Result<(), CliError> {
+async fn preview(
+    s: Settings,
+    campaign: &str,
+    order_id: &str,
+    out: Option<&std::path::Path>,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
     let campaign = pick_campaign(&s, Some(campaign))?.clone();
     let store = open_store(&s).await?;
     let engine = open_engine(s, store, Clock::System).await?;
-    let p = engine.preview(order_id, &campaign).await.map_err(CliError::BadInput)?;
+    let p = engine
+        .preview(order_id, &campaign)
+        .await
+        .map_err(CliError::BadInput)?;
     match out {
         Some(path) => {
             let is_html = path.extension().is_some_and(|e| e == "html" || e == "htm");
             let bytes = if is_html {
                 p.rendered.html.clone().into_bytes()
             } else {
-                crate::mail::build_message(&p.email).map_err(|e| CliError::Runtime(e.to_string()))?.formatted()
+                crate::mail::build_message(&p.email)
+                    .map_err(|e| CliError::Runtime(e.to_string()))?
+                    .formatted()
             };
-            std::fs::write(path, bytes).map_err(|e| CliError::Runtime(format!("{}: {e}", path.display())))?;
+            std::fs::write(path, bytes)
+                .map_err(|e| CliError::Runtime(format!("{}: {e}", path.display())))?;
             writeln!(io.out, "wrote {}", path.display())?;
         }
         None => {
-            writeln!(io.out, "Subject: {}\nTo: {}\nMessage-ID: <{}>\n", p.email.subject, p.email.to, p.email.message_id)?;
+            writeln!(
+                io.out,
+                "Subject: {}\nTo: {}\nMessage-ID: <{}>\n",
+                p.email.subject, p.email.to, p.email.message_id
+            )?;
             for i in &p.picks {
                 writeln!(io.out, "* {} — {}", i.title, i.reason)?;
             }
-            writeln!(io.out, "\n--- text ---\n{}\n--- html ---\n{}", p.rendered.text, p.rendered.html)?;
+            writeln!(
+                io.out,
+                "\n--- text ---\n{}\n--- html ---\n{}",
+                p.rendered.text, p.rendered.html
+            )?;
         }
     }
     Ok(())
@@ -303,10 +474,23 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
         }
     }
     writeln!(io.out, "sent in the last 24 h: {}", r.sent_last_24h)?;
-    writeln!(io.out, "next due: {}", r.next_due.map(|t| t.rfc3339()).unwrap_or_else(|| "-".into()))?;
+    writeln!(
+        io.out,
+        "next due: {}",
+        r.next_due
+            .map(|t| t.rfc3339())
+            .unwrap_or_else(|| "-".into())
+    )?;
     writeln!(io.out, "live workers: {}", r.workers.len())?;
     for w in &r.workers {
-        writeln!(io.out, "  {} (host {}, pid {}, since {})", w.name, w.host, w.pid, w.started_at.rfc3339())?;
+        writeln!(
+            io.out,
+            "  {} (host {}, pid {}, since {})",
+            w.name,
+            w.host,
+            w.pid,
+            w.started_at.rfc3339()
+        )?;
     }
     for (campaign, problem) in &r.template_errors {
         writeln!(io.out, "template error in {campaign}: {problem}")?;
@@ -332,15 +516,28 @@ async fn campaign(s: Settings, command: CampaignCommand, io: &mut Io<'_>) -> Res
             }
             Ok(())
         }
-        CampaignCommand::Trigger { name, bought, since, dry_run } => {
-            let since = parse_duration(&since).map_err(|why| CliError::Usage(format!("--since: {why}")))?;
-            let bought = bought.map(|b| ProductId::parse(&b)).transpose().map_err(|why| CliError::Usage(format!("--bought: {why}")))?;
+        CampaignCommand::Trigger {
+            name,
+            bought,
+            since,
+            dry_run,
+        } => {
+            let since =
+                parse_duration(&since).map_err(|why| CliError::Usage(format!("--since: {why}")))?;
+            let bought = bought
+                .map(|b| ProductId::parse(&b))
+                .transpose()
+                .map_err(|why| CliError::Usage(format!("--bought: {why}")))?;
             let store = open_store(&s).await?;
             let engine = open_engine(s, store, Clock::System).await?;
-            let report = crate::campaign::trigger(&engine, &name, bought.as_ref(), since, dry_run).await.map_err(|e| match e {
-                crate::campaign::TriggerError::UnknownCampaign(_) => CliError::Usage(e.to_string()),
-                other => CliError::Runtime(other.to_string()),
-            })?;
+            let report = crate::campaign::trigger(&engine, &name, bought.as_ref(), since, dry_run)
+                .await
+                .map_err(|e| match e {
+                    crate::campaign::TriggerError::UnknownCampaign(_) => {
+                        CliError::Usage(e.to_string())
+                    }
+                    other => CliError::Runtime(other.to_string()),
+                })?;
             writeln!(io.out, "{}", report.describe())?;
             Ok(())
         }
@@ -349,20 +546,35 @@ async fn campaign(s: Settings, command: CampaignCommand, io: &mut Io<'_>) -> Res
 
 /// Back-tests on an orders file; the catalog is the database's, or `products.jsonl`
 /// beside the orders file when the database has none.
-async fn evaluate(s: &Settings, path: &std::path::Path, split_at: Option<&str>, k: usize, campaign: Option<&str>, json: bool, io: &mut Io<'_>) -> Result<(), CliError> {
+async fn evaluate(
+    s: &Settings,
+    path: &std::path::Path,
+    split_at: Option<&str>,
+    k: usize,
+    campaign: Option<&str>,
+    json: bool,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
     let campaign = pick_campaign(s, campaign)?;
-    let split = split_at.map(parse_rfc3339).transpose().map_err(|why| CliError::Usage(format!("--split-at: {why}")))?;
+    let split = split_at
+        .map(parse_rfc3339)
+        .transpose()
+        .map_err(|why| CliError::Usage(format!("--split-at: {why}")))?;
     if k == 0 {
         return Err(CliError::Usage("--k must be at least 1".into()));
     }
     let name = path.display().to_string();
-    let text = std::fs::read(path).map_err(|e| CliError::BadInput(format!("{name}: cannot read: {e}")))?;
+    let text =
+        std::fs::read(path).map_err(|e| CliError::BadInput(format!("{name}: cannot read: {e}")))?;
     let store = open_store(s).await?;
     let mut products = store.products().await?;
     if products.is_empty() {
         let beside = path.with_file_name("products.jsonl");
         let raw = std::fs::read(&beside).map_err(|e| {
-            CliError::BadInput(format!("the database has no products and {} cannot be read: {e}", beside.display()))
+            CliError::BadInput(format!(
+                "the database has no products and {} cannot be read: {e}",
+                beside.display()
+            ))
         })?;
         for (i, line) in raw.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -381,7 +593,9 @@ async fn evaluate(s: &Settings, path: &std::path::Path, split_at: Option<&str>, 
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match crate::import::parse_json_line(line).and_then(|v| crate::domain::Order::from_json(&v, |p| known.contains(p))) {
+        match crate::import::parse_json_line(line)
+            .and_then(|v| crate::domain::Order::from_json(&v, |p| known.contains(p)))
+        {
             Ok(o) => orders.push(o),
             Err(e) => bad.push(format!("{name}:{}: {e}", i + 1)),
         }
@@ -390,16 +604,31 @@ async fn evaluate(s: &Settings, path: &std::path::Path, split_at: Option<&str>, 
         for b in &bad {
             writeln!(io.err, "{b}")?;
         }
-        return Err(CliError::BadInput(format!("{name}: {} bad line(s); nothing evaluated", bad.len())));
+        return Err(CliError::BadInput(format!(
+            "{name}: {} bad line(s); nothing evaluated",
+            bad.len()
+        )));
     }
     if orders.is_empty() {
         return Err(CliError::BadInput(format!("{name}: no orders")));
     }
-    let report = crate::recommend::evaluate(&products, &orders, split, k, campaign.strategy, campaign.max_price_ratio, &Default::default());
+    let report = crate::recommend::evaluate(
+        &products,
+        &orders,
+        split,
+        k,
+        campaign.strategy,
+        campaign.max_price_ratio,
+        &Default::default(),
+    );
     if json {
-        writeln!(io.out, "{}", serde_json::to_string(&report).unwrap_or_default())?;
+        writeln!(
+            io.out,
+            "{}",
+            serde_json::to_string(&report).unwrap_or_default()
+        )?;
     } else {
-        writeln!(io.out, "{}", report.describe())?;
+        writeln!(io.out, "{}", describe_eval(&report))?;
     }
     Ok(())
 }
@@ -407,12 +636,55 @@ async fn evaluate(s: &Settings, path: &std::path::Path, split_at: Option<&str>, 
 impl Engine {
     /// What `campaign` would send for `order_id` now, ignoring consent, caps and quiet
     /// hours (a preview shows the email, not whether it would go out today).
-    pub async fn preview(&self, order_id: &str, campaign: &crate::config::Campaign) -> Result<crate::jobs::Prepared, String> {
-        let ctx = self.store.order_context(order_id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no order {order_id:?}"))?;
-        let customer = ctx.customer.ok_or_else(|| format!("order {order_id} has no known customer"))?;
+    pub async fn preview(
+        &self,
+        order_id: &str,
+        campaign: &crate::config::Campaign,
+    ) -> Result<crate::jobs::Prepared, String> {
+        let ctx = self
+            .store
+            .order_context(order_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no order {order_id:?}"))?;
+        let customer = ctx
+            .customer
+            .ok_or_else(|| format!("order {order_id} has no known customer"))?;
         let now = self.clock.now();
-        let history = self.history(&ctx.order, now).await.map_err(|e| e.to_string())?;
+        let history = self
+            .history(&ctx.order, now)
+            .await
+            .map_err(|e| e.to_string())?;
         let picks = self.picks(&ctx.order, campaign, history);
-        self.compose(&ctx.order, &customer, campaign, campaign.name.as_str(), picks, now)
+        self.compose(
+            &ctx.order,
+            &customer,
+            campaign,
+            campaign.name.as_str(),
+            picks,
+            now,
+        )
     }
+}
+
+fn describe_eval(r: &crate::recommend::EvalReport) -> String {
+    let mut s = format!(
+        "evaluated {} customers' next order after {} (k = {})\n{:<14} {:>9} {:>9}\n",
+        r.orders_tested, r.split_at, r.k, "", "hit rate", "coverage"
+    );
+    s.push_str(&format!(
+        "{:<14} {:>9.3} {:>9.3}\n",
+        "recommender", r.recommender.hit_rate, r.recommender.coverage
+    ));
+    s.push_str(&format!(
+        "{:<14} {:>9.3} {:>9.3}",
+        "popularity", r.popularity.hit_rate, r.popularity.coverage
+    ));
+    for (name, sc) in &r.per_strategy {
+        s.push_str(&format!(
+            "\n{:<14} {:>9.3} {:>9.3}",
+            name, sc.hit_rate, sc.coverage
+        ));
+    }
+    s
 }

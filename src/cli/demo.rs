@@ -10,11 +10,13 @@ use crate::config::Settings;
 use crate::domain::Timestamp;
 use crate::import::{Kind, import_reader};
 use crate::jobs::{Clock, RunOptions, Worker};
-use std::io::Write;
 
 const SAMPLE: [(Kind, &str); 4] = [
     (Kind::Products, include_str!("../../sample/products.jsonl")),
-    (Kind::Customers, include_str!("../../sample/customers.jsonl")),
+    (
+        Kind::Customers,
+        include_str!("../../sample/customers.jsonl"),
+    ),
     (Kind::Events, include_str!("../../sample/events.jsonl")),
     (Kind::Orders, include_str!("../../sample/orders.jsonl")),
 ];
@@ -43,19 +45,39 @@ pub async fn run(mut s: Settings, io: &mut Io<'_>) -> Result<(), CliError> {
     let store = open_store(&s).await?;
     let rules = schedule_rules(&s);
     for (kind, text) in SAMPLE {
-        let report = import_reader(&store, kind, text.as_bytes(), false, &rules, Timestamp::now(), |_| {})
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
-        writeln!(io.out, "imported {:>6} {:<9} ({} follow-ups scheduled)", report.stored, kind.as_str(), report.scheduled)?;
+        let report = import_reader(
+            &store,
+            kind,
+            text.as_bytes(),
+            false,
+            &rules,
+            Timestamp::now(),
+            |_| {},
+        )
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+        writeln!(
+            io.out,
+            "imported {:>6} {:<9} ({} follow-ups scheduled)",
+            report.stored,
+            kind.as_str(),
+            report.scheduled
+        )?;
     }
     let first = store.next_wakeup().await?.unwrap_or_else(Timestamp::now);
     let clock = Clock::manual(first);
     let smtp_url = s.smtp.url.clone();
     let mailer = mailer(&s).await?;
     let engine = open_engine(s, store.clone(), clock.clone()).await?;
-    writeln!(io.out, "running the worker from {} with time compressed…", first.rfc3339())?;
+    writeln!(
+        io.out,
+        "running the worker from {} with time compressed…",
+        first.rfc3339()
+    )?;
     let run_started = std::time::Instant::now();
-    let summary = Worker::new(engine, mailer, RunOptions::new(true)).run(std::future::pending()).await?;
+    let summary = Worker::new(engine, mailer, RunOptions::new(true))
+        .run(std::future::pending())
+        .await?;
     let secs = run_started.elapsed().as_secs_f64();
     let r = store.status(clock.now(), clock.now()).await?;
     writeln!(io.out, "simulated up to {}", clock.now().rfc3339())?;
@@ -76,7 +98,11 @@ pub async fn run(mut s: Settings, io: &mut Io<'_>) -> Result<(), CliError> {
         (summary.sent + summary.skipped) as f64 / secs.max(1e-9),
         started.elapsed().as_secs_f64()
     )?;
-    writeln!(io.out, "open any .eml file in {} with a mail client to see what shoppers get", smtp_url.trim_start_matches("file://"))?;
+    writeln!(
+        io.out,
+        "open any .eml file in {} with a mail client to see what shoppers get",
+        smtp_url.trim_start_matches("file://")
+    )?;
     store.close().await;
     Ok(())
 }

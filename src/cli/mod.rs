@@ -11,7 +11,11 @@ use std::path::PathBuf;
 pub use setup::{load_settings, open_engine, open_store};
 
 #[derive(Debug, Parser)]
-#[command(name = "aftercart", version, about = "Post-purchase follow-up emails with recommendations that help")]
+#[command(
+    name = "aftercart",
+    version,
+    about = "Post-purchase follow-up emails with recommendations that help"
+)]
 pub struct Cli {
     /// Config file (default: ./config.toml).
     #[arg(long, global = true, value_name = "PATH")]

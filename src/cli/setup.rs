@@ -13,9 +13,13 @@ use std::sync::{Arc, RwLock};
 pub fn load_settings(path: Option<&Path>, allow_defaults: bool) -> Result<Settings, CliError> {
     match path {
         Some(p) => Ok(Settings::load(Some(p))?),
-        None if Path::new("config.toml").exists() => Ok(Settings::load(Some(Path::new("config.toml")))?),
+        None if Path::new("config.toml").exists() => {
+            Ok(Settings::load(Some(Path::new("config.toml")))?)
+        }
         None if allow_defaults => Ok(Settings::load(None)?),
-        None => Err(CliError::Usage("no ./config.toml here: pass --config PATH".into())),
+        None => Err(CliError::Usage(
+            "no ./config.toml here: pass --config PATH".into(),
+        )),
     }
 }
 
@@ -32,11 +36,21 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
         Some(k) => k.clone(),
         // No key configured: one generated and kept in the database, so links stay valid
         // across restarts and workers.
-        None => store.meta_get_or_init("unsubscribe_secret", random_secret).await?,
+        None => {
+            store
+                .meta_get_or_init("unsubscribe_secret", random_secret)
+                .await?
+        }
     };
     let campaigns = campaign_templates(&s);
     let templates = LiveTemplates::load(&s.templates_dir, &campaigns).map_err(|problems| {
-        CliError::BadInput(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))
+        CliError::BadInput(
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })?;
     let model = load_model(&store).await?;
     Ok(Engine {
@@ -51,5 +65,8 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
 
 /// (template, strategy) of every campaign, for template checks.
 pub fn campaign_templates(s: &Settings) -> Vec<(String, String)> {
-    s.campaigns.iter().map(|c| (c.template.clone(), c.strategy.as_str().to_owned())).collect()
+    s.campaigns
+        .iter()
+        .map(|c| (c.template.clone(), c.strategy.as_str().to_owned()))
+        .collect()
 }

@@ -3,11 +3,15 @@
 
 use super::Clock;
 use super::policy::{cap_frees_at, quiet_until};
-use crate::config::{CapPolicy, Campaign, Settings};
+use crate::config::{Campaign, CapPolicy, Settings};
+use crate::domain::Customer;
 use crate::domain::{Order, Timestamp};
 use crate::mail::OutgoingEmail;
 use crate::recommend::{Exclusions, Model, ModelConfig, Pick, PickRequest};
-use crate::render::{EmailContext, LiveTemplates, Rendered};
+use crate::render::{
+    CampaignInfo, CustomerInfo, EmailContext, LiveTemplates, OrderInfo, OrderLine, PickedItem,
+    Rendered, StoreInfo,
+};
 use crate::store::{CustomerRow, History, Store, StoreError};
 use crate::unsubscribe::Signer;
 use sha2::{Digest, Sha256};
@@ -64,13 +68,24 @@ pub fn message_id(order_id: &str, campaign: &str, from: &str) -> String {
 }
 
 fn domain_of(from: &str) -> &str {
-    let addr = from.rsplit('<').next().unwrap_or(from).trim_end_matches('>').trim();
-    addr.rsplit_once('@').map(|(_, d)| d).filter(|d| !d.is_empty()).unwrap_or("aftercart.local")
+    let addr = from
+        .rsplit('<')
+        .next()
+        .unwrap_or(from)
+        .trim_end_matches('>')
+        .trim();
+    addr.rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("aftercart.local")
 }
 
 impl Engine {
     pub fn model(&self) -> Arc<Model> {
-        self.model.read().map(|m| Arc::clone(&m)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+        self.model
+            .read()
+            .map(|m| Arc::clone(&m))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
     }
 
     pub fn swap_model(&self, m: Model) {
@@ -83,7 +98,14 @@ impl Engine {
     /// The customer's history as the rules see it at `now`.
     pub async fn history(&self, order: &Order, now: Timestamp) -> Result<History, StoreError> {
         let l = &self.settings.limits;
-        self.store.history(&order.customer_id, now, now.minus(l.seen_on_site_window), now.minus(l.repeat_window)).await
+        self.store
+            .history(
+                &order.customer_id,
+                now,
+                now.minus(l.seen_on_site_window),
+                now.minus(l.repeat_window),
+            )
+            .await
     }
 
     /// The items `campaign` would pick for `order`, every exclusion applied.
@@ -104,18 +126,30 @@ impl Engine {
     }
 
     /// Applies every rule to one follow-up at `now`.
-    pub async fn decide(&self, order_id: &str, campaign_name: &str, now: Timestamp) -> Result<Decision, StoreError> {
-        let Some(campaign) = self.settings.campaign(crate::campaign::base_name(campaign_name)) else {
+    pub async fn decide(
+        &self,
+        order_id: &str,
+        campaign_name: &str,
+        now: Timestamp,
+    ) -> Result<Decision, StoreError> {
+        let Some(campaign) = self
+            .settings
+            .campaign(crate::campaign::base_name(campaign_name))
+        else {
             return Ok(Decision::Skip("campaign_removed"));
         };
         if !campaign.enabled {
             return Ok(Decision::Skip("campaign_disabled"));
         }
-        let Some(ctx) = self.store.order_context(order_id).await? else { return Ok(Decision::Skip("order_missing")) };
+        let Some(ctx) = self.store.order_context(order_id).await? else {
+            return Ok(Decision::Skip("order_missing"));
+        };
         if ctx.order.status.is_void() {
             return Ok(Decision::Skip("order_cancelled"));
         }
-        let Some(customer) = ctx.customer else { return Ok(Decision::Skip("unknown_customer")) };
+        let Some(customer) = ctx.customer else {
+            return Ok(Decision::Skip("unknown_customer"));
+        };
         if !customer.customer.marketing_consent {
             return Ok(Decision::Skip("no_consent"));
         }
@@ -131,7 +165,11 @@ impl Engine {
             }
         }
         let history = self.history(&ctx.order, now).await?;
-        if let Some(free) = cap_frees_at(&history.sent_last_week, self.settings.limits.max_emails_per_customer_per_week, now) {
+        if let Some(free) = cap_frees_at(
+            &history.sent_last_week,
+            self.settings.limits.max_emails_per_customer_per_week,
+            now,
+        ) {
             return Ok(match campaign.cap_policy {
                 CapPolicy::Skip => Decision::Skip("frequency_cap"),
                 CapPolicy::Defer => Decision::Defer(free),
@@ -141,18 +179,28 @@ impl Engine {
         if picks.is_empty() {
             return Ok(Decision::Skip("nothing_to_recommend"));
         }
-        Ok(match self.compose(&ctx.order, &customer, campaign, campaign_name, picks, now) {
-            Ok(p) => Decision::Send(Box::new(p)),
-            Err(problem) => Decision::TemplateError(problem),
-        })
+        Ok(
+            match self.compose(&ctx.order, &customer, campaign, campaign_name, picks, now) {
+                Ok(p) => Decision::Send(Box::new(p)),
+                Err(problem) => Decision::TemplateError(problem),
+            },
+        )
     }
 
     fn customer_tz(&self, c: &CustomerRow) -> chrono_tz::Tz {
-        c.customer.timezone.as_deref().and_then(|t| t.parse().ok()).unwrap_or(self.settings.store.timezone)
+        c.customer
+            .timezone
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(self.settings.store.timezone)
     }
 
     pub fn unsubscribe_url(&self, customer_id: &str) -> String {
-        format!("{}/unsubscribe/{}", self.settings.store.base_url, self.signer.token(customer_id, "all"))
+        format!(
+            "{}/unsubscribe/{}",
+            self.settings.store.base_url,
+            self.signer.token(customer_id, "all")
+        )
     }
 
     /// Renders the email for `picks`; Err carries the template problem as text. `key`
@@ -169,15 +217,43 @@ impl Engine {
     ) -> Result<Prepared, String> {
         let s = &self.settings;
         let unsubscribe_url = self.unsubscribe_url(customer.customer.id.as_str());
-        let ctx = EmailContext::build(s, order, &customer.customer, campaign, &picks, &unsubscribe_url, now);
-        let rendered = self.templates.current().render(&campaign.template, &ctx).map_err(|p| p.to_string())?;
+        let ctx = self.context(
+            order,
+            &customer.customer,
+            campaign,
+            &picks,
+            unsubscribe_url.clone(),
+        );
+        let _ = now;
+        let rendered = self
+            .templates
+            .current()
+            .render(&campaign.template, &ctx)
+            .map_err(|p| p.to_string())?;
         let mut headers = vec![
-            ("List-Unsubscribe".to_owned(), match &s.unsubscribe.mailto {
-                Some(m) => format!("<{unsubscribe_url}>, <mailto:{m}?subject=unsubscribe%20{}>", customer.customer.id),
-                None => format!("<{unsubscribe_url}>"),
-            }),
-            ("List-Unsubscribe-Post".to_owned(), "List-Unsubscribe=One-Click".to_owned()),
-            ("List-Id".to_owned(), format!("{} <{}.{}>", s.store.name.replace(['<', '>', '"'], ""), campaign.name, domain_of(&s.smtp.from))),
+            (
+                "List-Unsubscribe".to_owned(),
+                match &s.unsubscribe.mailto {
+                    Some(m) => format!(
+                        "<{unsubscribe_url}>, <mailto:{m}?subject=unsubscribe%20{}>",
+                        customer.customer.id
+                    ),
+                    None => format!("<{unsubscribe_url}>"),
+                },
+            ),
+            (
+                "List-Unsubscribe-Post".to_owned(),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ),
+            (
+                "List-Id".to_owned(),
+                format!(
+                    "{} <{}.{}>",
+                    s.store.name.replace(['<', '>', '"'], ""),
+                    campaign.name,
+                    domain_of(&s.smtp.from)
+                ),
+            ),
         ];
         headers.push(("X-Aftercart-Campaign".to_owned(), campaign.name.to_string()));
         let email = OutgoingEmail {
@@ -189,6 +265,87 @@ impl Engine {
             message_id: message_id(order.id.as_str(), key, &s.smtp.from),
             headers,
         };
-        Ok(Prepared { email, rendered, picks })
+        Ok(Prepared {
+            email,
+            rendered,
+            picks,
+        })
+    }
+}
+
+impl Engine {
+    /// The template variables for one email (docs/templates.md lists them).
+    pub fn context(
+        &self,
+        order: &Order,
+        customer: &Customer,
+        campaign: &Campaign,
+        picks: &[Pick],
+        unsubscribe_url: String,
+    ) -> EmailContext {
+        let s = &self.settings.store;
+        let model = self.model();
+        let product_url = |id: &str, url: Option<&String>| {
+            url.cloned()
+                .unwrap_or_else(|| format!("{}/products/{id}", s.base_url))
+        };
+        EmailContext {
+            store: StoreInfo {
+                name: s.name.clone(),
+                base_url: s.base_url.clone(),
+                postal_address: s.postal_address.clone(),
+                currency: s.currency.clone(),
+            },
+            customer: CustomerInfo::new(
+                customer.id.as_str(),
+                customer.name.clone(),
+                customer.email.as_str(),
+                customer.locale.clone().unwrap_or_else(|| s.locale.clone()),
+                customer
+                    .timezone
+                    .clone()
+                    .unwrap_or_else(|| s.timezone.name().to_owned()),
+            ),
+            order: OrderInfo {
+                id: order.id.to_string(),
+                total: order.total,
+                completed_at: order.completed_at.unwrap_or(order.created_at),
+                items: order
+                    .items
+                    .iter()
+                    .map(|i| {
+                        let p = model.product(&i.product_id);
+                        OrderLine {
+                            product_id: i.product_id.to_string(),
+                            title: p
+                                .map(|p| p.title.clone())
+                                .unwrap_or_else(|| i.product_id.to_string()),
+                            quantity: i.quantity,
+                            unit_price: i.unit_price,
+                            url: product_url(i.product_id.as_str(), p.and_then(|p| p.url.as_ref())),
+                        }
+                    })
+                    .collect(),
+            },
+            items: picks
+                .iter()
+                .map(|p| PickedItem {
+                    product_id: p.product_id.to_string(),
+                    title: p.title.clone(),
+                    price: p.price,
+                    url: product_url(p.product_id.as_str(), p.url.as_ref()),
+                    image_url: p.image_url.clone(),
+                    reason: p.reason.clone(),
+                    category: p.category.clone(),
+                    brand: p.brand.clone(),
+                })
+                .collect(),
+            unsubscribe_url,
+            campaign: CampaignInfo {
+                name: campaign.name.to_string(),
+                strategy: campaign.strategy.as_str().to_owned(),
+            },
+            preheader: None,
+        }
     }
 }

@@ -28,7 +28,10 @@ pub fn quiet_until(q: &QuietHours, tz: chrono_tz::Tz, now: Timestamp) -> Option<
     }
     let end = date.and_time(q.end);
     // A DST gap can skip the end time: take the first valid instant after it.
-    let resolved = tz.from_local_datetime(&end).earliest().or_else(|| tz.from_local_datetime(&(end + chrono::Duration::hours(1))).earliest())?;
+    let resolved = tz.from_local_datetime(&end).earliest().or_else(|| {
+        tz.from_local_datetime(&(end + chrono::Duration::hours(1)))
+            .earliest()
+    })?;
     Some(Timestamp(resolved.timestamp_millis()))
 }
 
@@ -67,10 +70,16 @@ mod tests {
         // 02:00 UTC is 21:00 in New York (EST) → quiet until 08:00 EST = 13:00 UTC.
         let now = parse_rfc3339("2025-01-15T02:00:00Z").unwrap();
         let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
-        assert_eq!(quiet_until(&q, ny, now).unwrap().rfc3339(), "2025-01-15T13:00:00Z");
+        assert_eq!(
+            quiet_until(&q, ny, now).unwrap().rfc3339(),
+            "2025-01-15T13:00:00Z"
+        );
         // The same instant is 07:45 in Kathmandu (+05:45) → quiet until 08:00 local.
         let ktm: chrono_tz::Tz = "Asia/Kathmandu".parse().unwrap();
-        assert_eq!(quiet_until(&q, ktm, now).unwrap().rfc3339(), "2025-01-15T02:15:00Z");
+        assert_eq!(
+            quiet_until(&q, ktm, now).unwrap().rfc3339(),
+            "2025-01-15T02:15:00Z"
+        );
         // 15:00 UTC is 10:00 in New York: not quiet.
         assert!(quiet_until(&q, ny, parse_rfc3339("2025-01-15T15:00:00Z").unwrap()).is_none());
     }
@@ -80,6 +89,9 @@ mod tests {
         let day = 86_400_000;
         let now = Timestamp(10 * day);
         assert_eq!(cap_frees_at(&[Timestamp(5 * day)], 2, now), None);
-        assert_eq!(cap_frees_at(&[Timestamp(5 * day), Timestamp(4 * day)], 2, now), Some(Timestamp(11 * day + 1)));
+        assert_eq!(
+            cap_frees_at(&[Timestamp(5 * day), Timestamp(4 * day)], 2, now),
+            Some(Timestamp(11 * day + 1))
+        );
     }
 }

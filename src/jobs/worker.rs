@@ -31,12 +31,19 @@ impl RunOptions {
     pub fn new(until_idle: bool) -> RunOptions {
         let host = hostname();
         let suffix = crate::unsubscribe::random_secret();
-        RunOptions { name: format!("{host}-{}-{}", std::process::id(), &suffix[..6]), until_idle }
+        RunOptions {
+            name: format!("{host}-{}-{}", std::process::id(), &suffix[..6]),
+            until_idle,
+        }
     }
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -67,7 +74,11 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(engine: Engine, mailer: Arc<Mailer>, opts: RunOptions) -> Worker {
-        Worker { engine, mailer, opts }
+        Worker {
+            engine,
+            mailer,
+            opts,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -77,11 +88,21 @@ impl Worker {
     /// Runs until `shutdown` resolves (or, with `until_idle`, until nothing is left).
     /// On shutdown it stops claiming, lets in-flight jobs finish within
     /// `worker.shutdown_timeout`, and hands back whatever it still holds.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<RunSummary, StoreError> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<RunSummary, StoreError> {
         let e = &self.engine;
         let s = &e.settings.worker;
         let owner = self.opts.name.clone();
-        e.store.register_worker(&owner, &hostname(), std::process::id() as i64, Timestamp::now()).await?;
+        e.store
+            .register_worker(
+                &owner,
+                &hostname(),
+                std::process::id() as i64,
+                Timestamp::now(),
+            )
+            .await?;
         info!(worker = %owner, "worker started");
 
         let counters = Arc::new(Counters::default());
@@ -92,7 +113,15 @@ impl Worker {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
-                    if let Err(err) = store.register_worker(&owner, &hostname(), std::process::id() as i64, Timestamp::now()).await {
+                    if let Err(err) = store
+                        .register_worker(
+                            &owner,
+                            &hostname(),
+                            std::process::id() as i64,
+                            Timestamp::now(),
+                        )
+                        .await
+                    {
                         warn!(error = %err, "heartbeat failed");
                     }
                 }
@@ -120,7 +149,11 @@ impl Worker {
                 }
             }
             let now = e.clock.now();
-            let claimed = match e.store.claim_due(&owner, now, now.plus(s.lease), held.len()).await {
+            let claimed = match e
+                .store
+                .claim_due(&owner, now, now.plus(s.lease), held.len())
+                .await
+            {
                 Ok(c) => c,
                 Err(err) => {
                     warn!(error = %err, "claim failed; retrying");
@@ -133,7 +166,10 @@ impl Worker {
             };
             if claimed.is_empty() {
                 drop(held);
-                if self.opts.until_idle && permits.available_permits() == s.concurrency && tasks.is_empty() {
+                if self.opts.until_idle
+                    && permits.available_permits() == s.concurrency
+                    && tasks.is_empty()
+                {
                     match e.store.next_wakeup().await? {
                         None => break,
                         Some(t) if e.clock.is_manual() => {
@@ -153,12 +189,23 @@ impl Worker {
             held.truncate(claimed.len());
             // One task per customer, in order: the weekly cap sees each send of the
             // batch before deciding the next.
-            let mut by_customer: BTreeMap<String, Vec<(Claimed, tokio::sync::OwnedSemaphorePermit)>> = BTreeMap::new();
+            let mut by_customer: BTreeMap<
+                String,
+                Vec<(Claimed, tokio::sync::OwnedSemaphorePermit)>,
+            > = BTreeMap::new();
             for (c, p) in claimed.into_iter().zip(held) {
-                by_customer.entry(c.customer_id.clone()).or_default().push((c, p));
+                by_customer
+                    .entry(c.customer_id.clone())
+                    .or_default()
+                    .push((c, p));
             }
             for (_, rows) in by_customer {
-                let (engine, mailer, tx, counters) = (e.clone(), Arc::clone(&self.mailer), ledger_tx.clone(), Arc::clone(&counters));
+                let (engine, mailer, tx, counters) = (
+                    e.clone(),
+                    Arc::clone(&self.mailer),
+                    ledger_tx.clone(),
+                    Arc::clone(&counters),
+                );
                 tasks.spawn(async move {
                     for (c, permit) in rows {
                         let span = info_span!("followup", id = c.id, order_id = %c.order_id, campaign = %c.campaign, attempt = c.attempts);
@@ -172,7 +219,10 @@ impl Worker {
         if stopping {
             info!(worker = %owner, in_flight = tasks.len(), "stopping: finishing jobs in flight");
         }
-        let drained = tokio::time::timeout(s.shutdown_timeout, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(s.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             warn!("shutdown timeout: handing back unfinished jobs");
             tasks.abort_all();
@@ -199,26 +249,47 @@ impl Worker {
 }
 
 /// One follow-up, claimed: decide, send, record. Waits until the outcome is committed.
-async fn process(e: &Engine, mailer: &Mailer, tx: &mpsc::Sender<(i64, Finish, Ack)>, counters: &Counters, c: Claimed) {
+async fn process(
+    e: &Engine,
+    mailer: &Mailer,
+    tx: &mpsc::Sender<(i64, Finish, Ack)>,
+    counters: &Counters,
+    c: Claimed,
+) {
     let now = e.clock.now();
     let smtp = &e.settings.smtp;
     let finish = match e.decide(&c.order_id, &c.campaign, now).await {
         Err(err) => {
             warn!(error = %err, "could not load the follow-up; retrying later");
             counters.retried.fetch_add(1, Ordering::Relaxed);
-            Finish::Retry { next_at: now.plus(Duration::from_secs(30)), reply: None, state: FollowupState::Scheduled, smtp_attempt: false }
+            Finish::Retry {
+                next_at: now.plus(Duration::from_secs(30)),
+                reply: None,
+                state: FollowupState::Scheduled,
+                smtp_attempt: false,
+            }
         }
         Ok(Decision::Skip(reason)) => {
             counters.skipped.fetch_add(1, Ordering::Relaxed);
-            Finish::Skipped { reason: reason.to_owned() }
+            Finish::Skipped {
+                reason: reason.to_owned(),
+            }
         }
         Ok(Decision::Defer(at)) => {
             counters.deferred.fetch_add(1, Ordering::Relaxed);
-            Finish::Retry { next_at: at, reply: None, state: FollowupState::Deferred, smtp_attempt: false }
+            Finish::Retry {
+                next_at: at,
+                reply: None,
+                state: FollowupState::Deferred,
+                smtp_attempt: false,
+            }
         }
         Ok(Decision::TemplateError(problem)) => {
             warn!(%problem, "template error: nothing sent, follow-up kept");
-            let _ = e.store.set_template_error(&c.campaign, Some(&problem), Timestamp::now()).await;
+            let _ = e
+                .store
+                .set_template_error(&c.campaign, Some(&problem), Timestamp::now())
+                .await;
             counters.retried.fetch_add(1, Ordering::Relaxed);
             Finish::Retry {
                 next_at: now.plus(Duration::from_secs(60)),
@@ -232,7 +303,12 @@ async fn process(e: &Engine, mailer: &Mailer, tx: &mpsc::Sender<(i64, Finish, Ac
             match mailer.send(&p.email).await {
                 Ok(reply) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
-                    Finish::Sent { message_id: p.email.message_id.clone(), reply, items, at: e.clock.now() }
+                    Finish::Sent {
+                        message_id: p.email.message_id.clone(),
+                        reply,
+                        items,
+                        at: e.clock.now(),
+                    }
                 }
                 Err(SendError::Permanent { reply }) => {
                     warn!(%reply, "permanent SMTP failure");
@@ -245,10 +321,20 @@ async fn process(e: &Engine, mailer: &Mailer, tx: &mpsc::Sender<(i64, Finish, Ac
                     Finish::Failed { reply }
                 }
                 Err(SendError::Transient { reply }) => {
-                    let wait = backoff(c.attempts, smtp.retry_base, smtp.retry_max, rand::random::<f64>());
+                    let wait = backoff(
+                        c.attempts,
+                        smtp.retry_base,
+                        smtp.retry_max,
+                        rand::random::<f64>(),
+                    );
                     info!(%reply, retry_in = ?wait, "transient SMTP failure; retrying");
                     counters.retried.fetch_add(1, Ordering::Relaxed);
-                    Finish::Retry { next_at: e.clock.now().plus(wait), reply: Some(reply), state: FollowupState::Scheduled, smtp_attempt: true }
+                    Finish::Retry {
+                        next_at: e.clock.now().plus(wait),
+                        reply: Some(reply),
+                        state: FollowupState::Scheduled,
+                        smtp_attempt: true,
+                    }
                 }
             }
         }

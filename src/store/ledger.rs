@@ -105,11 +105,14 @@ pub enum Finish {
     Failed {
         reply: String,
     },
-    /// Back to the queue at `next_at` (quiet hours, cap `defer`, SMTP retry).
+    /// Back to the queue at `next_at`: an SMTP retry (`smtp_attempt`, counted), or a
+    /// wait that is no attempt (quiet hours, cap `defer` → `deferred`; template error →
+    /// stays `scheduled`).
     Retry {
         next_at: Timestamp,
         reply: Option<String>,
-        deferred: bool,
+        state: FollowupState,
+        smtp_attempt: bool,
     },
 }
 
