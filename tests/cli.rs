@@ -28,48 +28,122 @@ async fn bad_lines_are_reported_by_file_line_and_field_and_good_ones_stored() {
     let db = fresh_db().await;
     let env = base_env(&db.url, "file:///tmp/unused-outbox");
     for kind in ["products", "customers"] {
-        let (code, _, err) = run(&env, &["import", kind, sample(&format!("{kind}.jsonl")).to_str().unwrap()]);
+        let (code, _, err) = run(
+            &env,
+            &[
+                "import",
+                kind,
+                sample(&format!("{kind}.jsonl")).to_str().unwrap(),
+            ],
+        );
         assert_eq!(code, 0, "{err}");
     }
     let cases: [(&str, &[usize], &[(usize, &str)], &[&str]); 4] = [
         (
             "products",
             &[3, 4, 5, 7, 9, 11, 12, 14, 15, 18],
-            &[(4, "id"), (5, "price"), (7, "in_stock"), (11, "price"), (15, "compatible_with"), (18, "id"), (3, "(line)"), (9, "(line)")],
+            &[
+                (4, "id"),
+                (5, "price"),
+                (7, "in_stock"),
+                (11, "price"),
+                (15, "compatible_with"),
+                (18, "id"),
+                (3, "(line)"),
+                (9, "(line)"),
+            ],
             &["P90001", "P90002", "P90004", "P90005", "P90006", "P90007"],
         ),
         (
             "customers",
             &[3, 4, 5, 6, 8, 9, 11, 13, 15],
-            &[(3, "email"), (4, "id"), (6, "marketing_consent"), (8, "timezone"), (13, "email"), (15, "email")],
+            &[
+                (3, "email"),
+                (4, "id"),
+                (6, "marketing_consent"),
+                (8, "timezone"),
+                (13, "email"),
+                (15, "email"),
+            ],
             &["C900001", "C900002", "C900003", "C900004"],
         ),
         (
             "orders",
             &[3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 16, 18, 19],
-            &[(5, "items[0].quantity"), (6, "status"), (7, "created_at"), (8, "completed_at"), (9, "items[0].product_id"), (13, "items[0].unit_price"), (16, "items[0].quantity"), (19, "items")],
-            &["O90000001", "O90000002", "O90000003", "O90000004", "O90000005"],
+            &[
+                (5, "items[0].quantity"),
+                (6, "status"),
+                (7, "created_at"),
+                (8, "completed_at"),
+                (9, "items[0].product_id"),
+                (13, "items[0].unit_price"),
+                (16, "items[0].quantity"),
+                (19, "items"),
+            ],
+            &[
+                "O90000001",
+                "O90000002",
+                "O90000003",
+                "O90000004",
+                "O90000005",
+            ],
         ),
-        ("events", &[3, 4, 5, 6, 8, 9, 10, 12], &[(3, "kind"), (4, "customer_id"), (5, "at"), (10, "at"), (12, "product_id")], &[]),
+        (
+            "events",
+            &[3, 4, 5, 6, 8, 9, 10, 12],
+            &[
+                (3, "kind"),
+                (4, "customer_id"),
+                (5, "at"),
+                (10, "at"),
+                (12, "product_id"),
+            ],
+            &[],
+        ),
     ];
     for (kind, bad, fields, stored) in cases {
         let path = shared(&format!("bad/{kind}.jsonl"));
         let file = path.to_str().unwrap();
         let (code, out, err) = run(&env, &["import", kind, file]);
         assert_eq!(code, 2, "{kind}: exit 2 when a line is bad\n{err}");
-        assert_eq!(reported_lines(&err, file), bad.iter().copied().collect(), "{kind}:\n{err}");
+        assert_eq!(
+            reported_lines(&err, file),
+            bad.iter().copied().collect(),
+            "{kind}:\n{err}"
+        );
         for (line, field) in fields {
-            assert_eq!(field_of(&err, file, *line), *field, "{kind} line {line}:\n{err}");
+            assert_eq!(
+                field_of(&err, file, *line),
+                *field,
+                "{kind} line {line}:\n{err}"
+            );
         }
         assert!(out.contains("stored"), "a one-line summary: {out}");
         let s = settings(&env);
         let store = store(&s).await;
         match kind {
             "products" => {
-                let ids: BTreeSet<String> = store.products().await.unwrap().into_iter().map(|p| p.id.to_string()).filter(|i| i.starts_with("P9")).collect();
+                let ids: BTreeSet<String> = store
+                    .products()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|p| p.id.to_string())
+                    .filter(|i| i.starts_with("P9"))
+                    .collect();
                 assert_eq!(ids, stored.iter().map(|s| s.to_string()).collect());
-                let p1 = store.products().await.unwrap().into_iter().find(|p| p.id.as_str() == "P90001").unwrap();
-                assert_eq!(p1.price.decimal(), "21.99", "the later line updates the record");
+                let p1 = store
+                    .products()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|p| p.id.as_str() == "P90001")
+                    .unwrap();
+                assert_eq!(
+                    p1.price.decimal(),
+                    "21.99",
+                    "the later line updates the record"
+                );
             }
             "customers" => {
                 for id in stored {
@@ -82,7 +156,16 @@ async fn bad_lines_are_reported_by_file_line_and_field_and_good_ones_stored() {
                 for id in stored {
                     assert!(store.order(id).await.unwrap().is_some(), "{id}");
                 }
-                assert_eq!(store.order("O90000001").await.unwrap().unwrap().status.as_str(), "refunded");
+                assert_eq!(
+                    store
+                        .order("O90000001")
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .status
+                        .as_str(),
+                    "refunded"
+                );
                 // The refunded order has no follow-up waiting to go out.
                 let f = store.followups(Some("O90000001"), None, 10).await.unwrap();
                 assert!(f.iter().all(|r| r.state == "skipped"), "{f:?}");
@@ -98,24 +181,55 @@ async fn csv_and_jsonl_give_the_same_catalog_and_reimport_duplicates_nothing() {
     let env = base_env(&db.url, "file:///tmp/unused-outbox");
     let s = settings(&env);
     let store = store(&s).await;
-    import(&store, &s, "products", &sample("../../shared/data/sample/products.csv")).await;
-    import(&store, &s, "customers", &sample("../../shared/data/sample/customers.csv")).await;
+    import(
+        &store,
+        &s,
+        "products",
+        &sample("../../shared/data/sample/products.csv"),
+    )
+    .await;
+    import(
+        &store,
+        &s,
+        "customers",
+        &sample("../../shared/data/sample/customers.csv"),
+    )
+    .await;
     let from_csv = store.products().await.unwrap();
     import(&store, &s, "products", &sample("products.jsonl")).await;
-    assert_eq!(store.products().await.unwrap(), from_csv, "CSV and JSON Lines agree");
+    assert_eq!(
+        store.products().await.unwrap(),
+        from_csv,
+        "CSV and JSON Lines agree"
+    );
     assert_eq!(from_csv.len(), 200);
 
-    let (code, out, err) = run(&env, &["import", "orders", sample("orders.jsonl").to_str().unwrap()]);
+    let (code, out, err) = run(
+        &env,
+        &["import", "orders", sample("orders.jsonl").to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("3000 orders stored"), "{out}");
     let first = store.followups(None, None, 1_000_000).await.unwrap().len();
     assert!(first > 4000);
-    let (code, _, _) = run(&env, &["import", "orders", sample("orders.jsonl").to_str().unwrap()]);
+    let (code, _, _) = run(
+        &env,
+        &["import", "orders", sample("orders.jsonl").to_str().unwrap()],
+    );
     assert_eq!(code, 0);
-    assert_eq!(store.followups(None, None, 1_000_000).await.unwrap().len(), first, "re-import schedules nothing twice");
+    assert_eq!(
+        store.followups(None, None, 1_000_000).await.unwrap().len(),
+        first,
+        "re-import schedules nothing twice"
+    );
 
     // Standard input works the same.
-    let mut child = cmd(&env).args(["import", "events", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = cmd(&env)
+        .args(["import", "events", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(br#"{"customer_id":"C000001","product_id":"P00001","kind":"view","at":"2025-01-01T00:00:00Z"}"#).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -126,12 +240,27 @@ async fn csv_and_jsonl_give_the_same_catalog_and_reimport_duplicates_nothing() {
 #[test]
 fn bad_config_is_refused_with_the_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let env = base_env(&format!("sqlite://{}/x.db", dir.path().display()), "file:///tmp/x");
+    let env = base_env(
+        &format!("sqlite://{}/x.db", dir.path().display()),
+        "file:///tmp/x",
+    );
     let cases = [
-        ("AFTERCART__WORKER__POLL_INTERVAL", "soon", "worker.poll_interval"),
-        ("AFTERCART__DATABASE__URL", "mysql://localhost/x", "database.url"),
+        (
+            "AFTERCART__WORKER__POLL_INTERVAL",
+            "soon",
+            "worker.poll_interval",
+        ),
+        (
+            "AFTERCART__DATABASE__URL",
+            "mysql://localhost/x",
+            "database.url",
+        ),
         ("AFTERCART__SMTP__URL", "ftp://x", "smtp.url"),
-        ("AFTERCART__LIMITS__QUIET_HOURS", "late", "limits.quiet_hours"),
+        (
+            "AFTERCART__LIMITS__QUIET_HOURS",
+            "late",
+            "limits.quiet_hours",
+        ),
         ("AFTERCART__WORKER__CONCURENCY", "3", "concurency"),
     ];
     for (key, value, named) in cases {
@@ -141,7 +270,10 @@ fn bad_config_is_refused_with_the_key_and_exit_2() {
     }
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[store]\nname = 1\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aftercart")).args(["status", "--config", bad.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aftercart"))
+        .args(["status", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "--config after the command");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
 }
@@ -168,7 +300,17 @@ async fn status_followups_and_recommend_print_the_documented_json() {
     assert_eq!(code, 0);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(rows.len(), 5);
-    for key in ["order_id", "campaign", "state", "reason", "due_at", "sent_at", "message_id", "smtp_reply", "attempts"] {
+    for key in [
+        "order_id",
+        "campaign",
+        "state",
+        "reason",
+        "due_at",
+        "sent_at",
+        "message_id",
+        "smtp_reply",
+        "attempts",
+    ] {
         assert!(rows[0].get(key).is_some(), "{key}");
     }
     let (code, _, err) = run(&env, &["followups", "--state", "lost"]);
@@ -189,7 +331,10 @@ async fn status_followups_and_recommend_print_the_documented_json() {
     }
     let (code, _, err) = run(&env, &["recommend", "--order", "NOPE"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = run(&env, &["recommend", "--order", "O00000001", "--campaign", "nope"]);
+    let (code, _, err) = run(
+        &env,
+        &["recommend", "--order", "O00000001", "--campaign", "nope"],
+    );
     assert_eq!(code, 2, "{err}");
 }
 
@@ -200,12 +345,23 @@ async fn evaluate_beats_popularity_and_refuses_bad_files() {
     let s = settings(&env);
     let store = store(&s).await;
     import(&store, &s, "products", &sample("products.jsonl")).await;
-    let (code, out, err) = run(&env, &["evaluate", "--orders", sample("orders.jsonl").to_str().unwrap(), "--json"]);
+    let (code, out, err) = run(
+        &env,
+        &[
+            "evaluate",
+            "--orders",
+            sample("orders.jsonl").to_str().unwrap(),
+            "--json",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["k"], 3);
     assert!(v["orders_tested"].as_u64().unwrap() > 50);
-    let (rec, pop) = (v["recommender"]["hit_rate"].as_f64().unwrap(), v["popularity"]["hit_rate"].as_f64().unwrap());
+    let (rec, pop) = (
+        v["recommender"]["hit_rate"].as_f64().unwrap(),
+        v["popularity"]["hit_rate"].as_f64().unwrap(),
+    );
     assert!(rec > pop, "recommender {rec} vs popularity {pop}");
     assert!(v["recommender"]["coverage"].as_f64().unwrap() > 0.0);
 
@@ -216,6 +372,15 @@ async fn evaluate_beats_popularity_and_refuses_bad_files() {
     let (code, _, err) = run(&env, &["evaluate", "--orders", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains(&format!("{}:3:", bad.display())), "{err}");
-    let (code, _, _) = run(&env, &["evaluate", "--orders", sample("orders.jsonl").to_str().unwrap(), "--split-at", "yesterday"]);
+    let (code, _, _) = run(
+        &env,
+        &[
+            "evaluate",
+            "--orders",
+            sample("orders.jsonl").to_str().unwrap(),
+            "--split-at",
+            "yesterday",
+        ],
+    );
     assert_eq!(code, 2);
 }

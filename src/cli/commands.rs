@@ -662,7 +662,6 @@ impl Engine {
             campaign,
             campaign.name.as_str(),
             picks,
-            now,
         )
     }
 }

@@ -26,6 +26,9 @@ pub struct Engine {
     pub templates: LiveTemplates,
     pub signer: Signer,
     pub clock: Clock,
+    /// Campaigns with a template error recorded in the store, cleared by their next
+    /// good render (kept here so a healthy send costs no extra write).
+    pub template_errors: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A follow-up ready to go out.
@@ -180,7 +183,7 @@ impl Engine {
             return Ok(Decision::Skip("nothing_to_recommend"));
         }
         Ok(
-            match self.compose(&ctx.order, &customer, campaign, campaign_name, picks, now) {
+            match self.compose(&ctx.order, &customer, campaign, campaign_name, picks) {
                 Ok(p) => Decision::Send(Box::new(p)),
                 Err(problem) => Decision::TemplateError(problem),
             },
@@ -213,7 +216,6 @@ impl Engine {
         campaign: &Campaign,
         key: &str,
         picks: Vec<Pick>,
-        now: Timestamp,
     ) -> Result<Prepared, String> {
         let s = &self.settings;
         let unsubscribe_url = self.unsubscribe_url(customer.customer.id.as_str());
@@ -224,7 +226,6 @@ impl Engine {
             &picks,
             unsubscribe_url.clone(),
         );
-        let _ = now;
         let rendered = self
             .templates
             .current()
@@ -348,4 +349,46 @@ impl Engine {
             preheader: None,
         }
     }
+}
+
+/// Re-reads the templates every `interval`; a change that fails the check is refused
+/// (the last good version keeps sending) and recorded so `status` shows it until a good
+/// version is loaded.
+pub fn watch_templates(e: Engine, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    const KEY: &str = "(templates)";
+    tokio::spawn(async move {
+        let campaigns: Vec<(String, String)> = e
+            .settings
+            .campaigns
+            .iter()
+            .map(|c| (c.template.clone(), c.strategy.as_str().to_owned()))
+            .collect();
+        loop {
+            tokio::time::sleep(interval).await;
+            let (live, c) = (e.templates.clone(), campaigns.clone());
+            match tokio::task::spawn_blocking(move || live.reload(&c)).await {
+                Ok(Ok(true)) => {
+                    tracing::info!("templates reloaded");
+                    let _ = e
+                        .store
+                        .set_template_error(KEY, None, Timestamp::now())
+                        .await;
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(problems)) => {
+                    let text = problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::warn!(problems = %text, "template change refused; the last good version keeps sending");
+                    let _ = e
+                        .store
+                        .set_template_error(KEY, Some(&text), Timestamp::now())
+                        .await;
+                }
+                Err(err) => tracing::warn!(error = %err, "template reload panicked"),
+            }
+        }
+    })
 }
