@@ -4,3 +4,4 @@
 //! → `render` → `mail`.
 
 pub mod domain;
+pub mod recommend;
