@@ -64,10 +64,10 @@ impl ModelBuilder {
         }
         let start = self.items.len();
         for it in &o.items {
-            if let Some(&i) = self.index.get(&it.product_id) {
-                if !self.items[start..].contains(&i) {
-                    self.items.push(i);
-                }
+            if let Some(&i) = self.index.get(&it.product_id)
+                && !self.items[start..].contains(&i)
+            {
+                self.items.push(i);
             }
         }
         if self.items.len() == start {
@@ -111,6 +111,7 @@ impl ModelBuilder {
         let mut buyers = vec![0u32; np];
         let mut leaf_buyers = vec![0u32; nl];
         let mut comp = PairCount::new(np, np);
+        let mut ever = PairCount::new(np, np);
         let mut cat = PairCount::new(nl, np);
         let mut upg: HashMap<u64, (u32, i64)> = HashMap::new();
 
@@ -164,6 +165,16 @@ impl ModelBuilder {
             for &p in &bought {
                 buyers[p as usize] += 1;
             }
+            // Bought by the same customer at any time, either order.
+            for &a in &bought {
+                for &b in &bought {
+                    let same_leaf =
+                        leaf[a as usize].is_some() && leaf[a as usize] == leaf[b as usize];
+                    if a != b && !same_leaf {
+                        ever.add(key(a, b));
+                    }
+                }
+            }
             let mut ls: Vec<u32> = bought.iter().filter_map(|&p| leaf[p as usize]).collect();
             ls.sort_unstable();
             ls.dedup();
@@ -192,6 +203,7 @@ impl ModelBuilder {
         drop(by_customer);
 
         let comp_rows = comp.rows();
+        let ever_rows = ever.rows();
         let cat_rows = cat.rows();
         let mut upg_rows: Vec<Vec<(u32, u32, i64)>> = vec![Vec::new(); np];
         // Customers who moved up to each product from any cheaper item of its leaf.
@@ -206,17 +218,16 @@ impl ModelBuilder {
         let mut works: Vec<Vec<u32>> = vec![Vec::new(); np]; // works[a]: what a lists
         for (b, p) in self.products.iter().enumerate() {
             for target in &p.compatible_with {
-                if let Some(&a) = self.index.get(target) {
-                    if a as usize != b {
-                        fits[a as usize].push(b as u32);
-                        works[b].push(a);
-                    }
+                if let Some(&a) = self.index.get(target)
+                    && a as usize != b
+                {
+                    fits[a as usize].push(b as u32);
+                    works[b].push(a);
                 }
             }
         }
 
         let n_all = f64::from(n_customers.max(1));
-        let _p_of = |b: u32| f64::from(buyers[b as usize]) / n_all;
         let mut complements = Vec::with_capacity(np);
         let mut upgrades = Vec::with_capacity(np);
         for a in 0..np as u32 {
@@ -232,7 +243,8 @@ impl ModelBuilder {
                     *e = c;
                 }
             };
-            // Tier 1 (score ≥ 1): the catalog says they fit; co-purchases order them.
+            // Scores: the best evidence of each kind wins per candidate.
+            // Catalog (1–2): the catalog says they fit; co-purchases order them.
             for &b in &fits[ai] {
                 if !same_leaf(b) {
                     let n = together(b);
@@ -248,13 +260,14 @@ impl ModelBuilder {
                     let n = together(b);
                     offer(Cand {
                         idx: b,
-                        score: WW_BASE + WW_W * f64::from(n) / na,
+                        score: 1.0 + f64::from(n) / na,
                         why: Why::WorksWith { n },
                     });
                 }
             }
-            // Tier 2 (< 1): co-purchase, scored by added value P(b|a) − P(b), which is
-            // positive only when lift > 1 — a bestseller bought by everyone scores ~0.
+            // Bought with it (0–1) (same order or within the window after), scored
+            // by confidence P(b|a) but only with enough support and lift: a bestseller
+            // bought by everyone has lift ≈ 1 with everything and is left out.
             for &(b, n) in &comp_rows[ai] {
                 let lift = f64::from(n) * n_all / (na * f64::from(buyers[b as usize].max(1)));
                 if n >= cfg.min_support && lift >= cfg.min_lift {
@@ -265,20 +278,31 @@ impl ModelBuilder {
                     });
                 }
             }
-            // Tier 3 (< 0.5): what buyers of this leaf category add from other categories.
-            if buyers[ai] < cfg.thin_history || true {
-                if let Some(l) = leaf[ai] {
-                    let nl = f64::from(leaf_buyers[l as usize].max(1));
-                    for &(b, n) in &cat_rows[l as usize] {
-                        let lift =
-                            f64::from(n) * n_all / (nl * f64::from(buyers[b as usize].max(1)));
-                        if b != a && !same_leaf(b) && n >= cfg.min_support && lift >= cfg.min_lift {
-                            offer(Cand {
-                                idx: b,
-                                score: 0.5 * (f64::from(n) / nl),
-                                why: Why::CategoryAdd { n },
-                            });
-                        }
+            // Also bought (0–0.5): by the same customers at any time, either order; weaker
+            // than "with", but it carries the long-run taste of a customer base.
+            for &(b, n) in &ever_rows[ai] {
+                let lift = f64::from(n) * n_all / (na * f64::from(buyers[b as usize].max(1)));
+                if n >= cfg.min_support && lift >= cfg.min_lift {
+                    offer(Cand {
+                        idx: b,
+                        score: 0.5 * f64::from(n) / na,
+                        why: Why::AlsoBought { n },
+                    });
+                }
+            }
+            // Category fallback (0–0.25), little history only: what buyers of this leaf category add from other categories.
+            if buyers[ai] < cfg.thin_history
+                && let Some(l) = leaf[ai]
+            {
+                let nl = f64::from(leaf_buyers[l as usize].max(1));
+                for &(b, n) in &cat_rows[l as usize] {
+                    let lift = f64::from(n) * n_all / (nl * f64::from(buyers[b as usize].max(1)));
+                    if b != a && !same_leaf(b) && n >= cfg.min_support && lift >= cfg.min_lift {
+                        offer(Cand {
+                            idx: b,
+                            score: 0.25 * f64::from(n) / nl,
+                            why: Why::CategoryAdd { n },
+                        });
                     }
                 }
             }
@@ -301,26 +325,24 @@ impl ModelBuilder {
             // Thin data: pad with the most-bought pricier items of the same leaf (< 0.5),
             // counting purchases that were upgrades first: a product people move up to
             // is a better guess than one bought as a first choice.
-            if ups.is_empty() || buyers[ai] < cfg.thin_history {
-                if leaf[ai].is_some() {
-                    let pa = self.products[ai].price;
-                    let mut known: HashSet<u32> = ups.iter().map(|c| c.idx).collect();
-                    for b in 0..np as u32 {
-                        let nb = buyers[b as usize];
-                        if same_leaf(b)
-                            && b != a
-                            && self.products[b as usize].price > pa
-                            && nb > 0
-                            && known.insert(b)
-                        {
-                            let up = upgraded_to[b as usize];
-                            let x = f64::from(up) + f64::from(nb) / f64::from(nb + 1);
-                            ups.push(Cand {
-                                idx: b,
-                                score: 0.5 * x / (x + 1.0),
-                                why: Why::PopularPricier { n: nb, up },
-                            });
-                        }
+            if (ups.is_empty() || buyers[ai] < cfg.thin_history) && leaf[ai].is_some() {
+                let pa = self.products[ai].price;
+                let mut known: HashSet<u32> = ups.iter().map(|c| c.idx).collect();
+                for b in 0..np as u32 {
+                    let nb = buyers[b as usize];
+                    if same_leaf(b)
+                        && b != a
+                        && self.products[b as usize].price > pa
+                        && nb > 0
+                        && known.insert(b)
+                    {
+                        let up = upgraded_to[b as usize];
+                        let x = f64::from(up) + f64::from(nb) / f64::from(nb + 1);
+                        ups.push(Cand {
+                            idx: b,
+                            score: 0.5 * x / (x + 1.0),
+                            why: Why::PopularPricier { n: nb, up },
+                        });
                     }
                 }
             }
@@ -376,9 +398,6 @@ impl ModelBuilder {
         c
     }
 }
-
-const WW_BASE: f64 = 0.0;
-const WW_W: f64 = 1.0;
 
 fn key(a: u32, b: u32) -> u64 {
     (u64::from(a) << 32) | u64::from(b)

@@ -28,6 +28,10 @@ pub struct EvalReport {
     pub per_strategy: BTreeMap<String, Score>,
 }
 
+/// One customer around the split: last order before, first after (indices into the
+/// orders), and everything bought before.
+type History = (Option<usize>, Option<usize>, HashSet<ProductId>);
+
 fn bought_at(o: &Order) -> Timestamp {
     o.completed_at.unwrap_or(o.created_at)
 }
@@ -64,8 +68,7 @@ pub fn evaluate(
 
     let mut builder = ModelBuilder::new(products, cfg);
     // Per customer: last order before the split, first after, products bought before.
-    let mut tests: BTreeMap<&str, (Option<usize>, Option<usize>, HashSet<ProductId>)> =
-        BTreeMap::new();
+    let mut tests: BTreeMap<&str, History> = BTreeMap::new();
     for &(t, i) in &live {
         let o = &orders[i];
         let e = tests

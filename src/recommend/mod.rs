@@ -9,9 +9,9 @@
 //! Two strategies (see `docs/recommendations.md`):
 //! - complements ("complete your setup"): catalog compatibility in either direction,
 //!   then co-purchase (same order or within `copurchase_window` after it, by the same
-//!   customer) scored by added value `P(b|a) − P(b)` with a minimum support and lift, then
-//!   a leaf-category fallback for products with little history; same-leaf items are
-//!   substitutes and never complements;
+//!   customer) scored by confidence with a minimum support and lift, then "also bought"
+//!   (same customers, any time) at half weight, then a leaf-category fallback for products
+//!   with little history; same-leaf items are substitutes and never complements;
 //! - upgrades: customers who bought `a` and later (within `upgrade_window`) bought a pricier
 //!   `b` of the same leaf category; a "popular pricier choice" fallback when data is thin.
 
@@ -54,7 +54,7 @@ impl Default for ModelConfig {
             upgrade_window: 180 * DAY,
             top_n: 50,
             min_support: 3,
-            min_lift: 1.0,
+            min_lift: 1.2,
             min_upgrade_support: 2,
             thin_history: 20,
         }
@@ -106,6 +106,8 @@ enum Why {
     WorksWith { n: u32 },
     /// `n` customers bought the candidate with (or soon after) the anchor.
     BoughtWith { n: u32 },
+    /// `n` customers who bought the anchor also bought the candidate (any time).
+    AlsoBought { n: u32 },
     /// `n` customers who bought from the anchor's leaf category also bought the candidate.
     CategoryAdd { n: u32 },
     /// `n` customers upgraded from the anchor to the candidate within `months`.
@@ -209,7 +211,7 @@ impl Model {
         merged.dedup_by_key(|x| x.1.idx);
         let ranked: Vec<(u32, Cand)> = merged
             .into_iter()
-            .filter(|(_, c)| self.allowed(c.idx, req, &anchors))
+            .filter(|(_, c)| self.allowed(c.idx, req))
             .collect();
         self.select(ranked, req.max_items)
     }
@@ -218,14 +220,13 @@ impl Model {
     ///
     /// [`pick`]: Model::pick
     pub fn popular(&self, req: &PickRequest) -> Vec<Pick> {
-        let anchors = self.anchors(req.order);
         let mut ranked = Vec::new();
         let mut leaves_seen = HashSet::new();
         for &p in &self.popular {
             if self.buyers[p as usize] == 0 {
                 break;
             }
-            if !self.allowed(p, req, &anchors) {
+            if !self.allowed(p, req) {
                 continue;
             }
             let n = self.buyers[p as usize];
@@ -265,11 +266,10 @@ impl Model {
     }
 
     /// Every per-item rule of SPEC §3.
-    fn allowed(&self, idx: u32, req: &PickRequest, anchors: &[u32]) -> bool {
+    fn allowed(&self, idx: u32, req: &PickRequest) -> bool {
         let p = &self.products[idx as usize];
         let max_price = req.max_price_ratio * req.order.total.minor() as f64;
-        !anchors.contains(&idx)
-            && !req.order.items.iter().any(|it| it.product_id == p.id)
+        !req.order.items.iter().any(|it| it.product_id == p.id)
             && p.in_stock
             && (p.price.minor() as f64) <= max_price
             && !req.exclude.bought_before.contains(&p.id)
@@ -358,6 +358,11 @@ impl Model {
                 format!("works with your {} (listed as compatible)", a.title)
             }
             Why::BoughtWith { n } => format!("bought with the {} by {}", a.title, customers(n)),
+            Why::AlsoBought { n } => format!(
+                "{} who bought the {} also bought this",
+                customers(n),
+                a.title
+            ),
             Why::CategoryAdd { n } => format!(
                 "{} who bought {} like your {} added this",
                 customers(n),

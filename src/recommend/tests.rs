@@ -330,17 +330,21 @@ fn copurchase_needs_lift_and_names_counts() {
 }
 
 #[test]
-fn outside_the_window_is_not_bought_with() {
+fn outside_the_window_is_only_also_bought() {
     let (cat, orders) = copurchase_store();
     let cfg = ModelConfig {
         copurchase_window: 5 * DAY,
         ..ModelConfig::default()
     };
     let m = Model::build(&cat, &orders, &cfg);
-    assert!(
-        m.complement_candidates(&pid("A1"))
-            .iter()
-            .all(|(p, _)| p.as_str() != "B1")
+    // Ten days apart: not "bought with" any more, only the weaker any-time signal.
+    let c = m.complement_candidates(&pid("A1"));
+    assert_eq!(c.first().map(|x| x.0.as_str()), Some("B1"));
+    assert!(c[0].1 <= 0.5, "{c:?}");
+    let picks = ask(&m, &cat, &["A1"]).run();
+    assert_eq!(
+        picks[0].reason,
+        "4 customers who bought the Barista Pro also bought this"
     );
 }
 

@@ -1,0 +1,261 @@
+//! The recommender on the committed sample store (`../shared/data/sample`): planted
+//! complements and upgrades are recovered, and it beats popularity in a back-test.
+
+use aftercart::domain::{Order, Product, ProductId, Strategy};
+use aftercart::recommend::{Exclusions, Model, ModelConfig, PickRequest, evaluate};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+struct Sample {
+    products: Vec<Product>,
+    orders: Vec<Order>,
+    truth: Value,
+    model: Model,
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sample")
+}
+
+fn jsonl(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir().join(name)).expect("sample data");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect()
+}
+
+fn sample() -> &'static Sample {
+    static S: OnceLock<Sample> = OnceLock::new();
+    S.get_or_init(|| {
+        let products: Vec<Product> = jsonl("products.jsonl")
+            .iter()
+            .map(|v| Product::from_json(v).unwrap())
+            .collect();
+        let known: HashSet<ProductId> = products.iter().map(|p| p.id.clone()).collect();
+        let orders: Vec<Order> = jsonl("orders.jsonl")
+            .iter()
+            .map(|v| Order::from_json(v, |id| known.contains(id)).unwrap())
+            .collect();
+        let truth: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir().join("ground_truth.json")).unwrap(),
+        )
+        .unwrap();
+        let model = Model::build(&products, &orders, &ModelConfig::default());
+        Sample {
+            products,
+            orders,
+            truth,
+            model,
+        }
+    })
+}
+
+fn pid(s: &str) -> ProductId {
+    ProductId::parse(s).unwrap()
+}
+
+/// Planted pairs of `kind` for keys bought at least 5 times: (primary, planted targets).
+fn planted(kind: &str) -> Vec<(String, Vec<String>)> {
+    let t = &sample().truth;
+    t[kind]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| t["purchases"][k.as_str()].as_u64().unwrap_or(0) >= 5)
+        .map(|(k, v)| {
+            let targets = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned())
+                .collect();
+            (k.clone(), targets)
+        })
+        .collect()
+}
+
+/// Share of planted targets in the top 3 of each primary's candidate ranking (before the
+/// one-per-leaf rule, which would otherwise hide two planted items of one leaf).
+fn recall(kind: &str, candidates: impl Fn(&ProductId) -> Vec<ProductId>) -> (f64, Vec<String>) {
+    let (mut found, mut total, mut missed) = (0, 0, Vec::new());
+    for (primary, targets) in planted(kind) {
+        let top: Vec<ProductId> = candidates(&pid(&primary)).into_iter().take(3).collect();
+        for t in targets {
+            total += 1;
+            if top.contains(&pid(&t)) {
+                found += 1;
+            } else {
+                missed.push(format!("{primary}->{t} (top: {top:?})"));
+            }
+        }
+    }
+    (found as f64 / total as f64, missed)
+}
+
+#[test]
+fn complements_recover_planted_accessories() {
+    let m = &sample().model;
+    let (r, missed) = recall("complements", |p| {
+        m.complement_candidates(p)
+            .iter()
+            .map(|c| c.0.clone())
+            .collect()
+    });
+    eprintln!("complement recall@3 = {r:.3}; missed {missed:?}");
+    assert!(r >= 0.9, "recall {r}: missed {missed:?}");
+}
+
+#[test]
+fn upgrades_recover_planted_targets() {
+    let m = &sample().model;
+    let (r, missed) = recall("upgrades", |p| {
+        m.upgrade_candidates(p)
+            .iter()
+            .map(|c| c.0.clone())
+            .collect()
+    });
+    eprintln!("upgrade recall@3 = {r:.3}; missed {missed:?}");
+    assert!(r >= 0.9, "recall {r}: missed {missed:?}");
+}
+
+#[test]
+fn picks_for_one_primary_hold_planted_items_and_true_reasons() {
+    let s = sample();
+    let none = Exclusions::default();
+    let mut hits = 0;
+    let mut total = 0;
+    for (primary, targets) in planted("complements") {
+        let order = s
+            .orders
+            .iter()
+            .find(|o| o.items.len() == 1 && o.items[0].product_id.as_str() == primary)
+            .or_else(|| {
+                s.orders
+                    .iter()
+                    .find(|o| o.items.iter().any(|i| i.product_id.as_str() == primary))
+            })
+            .unwrap();
+        let mut one = order.clone();
+        one.items.retain(|i| i.product_id.as_str() == primary);
+        one.total = one.items[0].unit_price;
+        let picks = s.model.pick(&PickRequest {
+            order: &one,
+            strategy: Strategy::Complements,
+            max_items: 3,
+            max_price_ratio: 100.0,
+            exclude: &none,
+        });
+        let title = &s.model.product(&pid(&primary)).unwrap().title;
+        for p in &picks {
+            assert!(
+                p.reason.contains(title.as_str()),
+                "{} names {title}",
+                p.reason
+            );
+            let cat = &s.model.product(&p.product_id).unwrap();
+            assert_eq!(cat.title, p.title);
+        }
+        total += targets.len().min(3);
+        hits += picks
+            .iter()
+            .filter(|p| targets.iter().any(|t| t == p.product_id.as_str()))
+            .count();
+    }
+    let share = hits as f64 / total as f64;
+    eprintln!("planted complements in picks (one per leaf): {share:.3}");
+    assert!(share >= 0.8, "{share}");
+}
+
+#[test]
+fn reasons_name_real_products_and_counts() {
+    let s = sample();
+    let none = Exclusions::default();
+    let mut seen = BTreeMap::new();
+    for o in s.orders.iter().filter(|o| !o.status.is_void()).take(400) {
+        for strategy in [Strategy::Complements, Strategy::Upgrades] {
+            for p in s.model.pick(&PickRequest {
+                order: o,
+                strategy,
+                max_items: 3,
+                max_price_ratio: 2.0,
+                exclude: &none,
+            }) {
+                let anchor = o
+                    .items
+                    .iter()
+                    .filter_map(|i| s.model.product(&i.product_id))
+                    .find(|a| p.reason.contains(a.title.as_str()));
+                assert!(
+                    anchor.is_some(),
+                    "{:?} names no product of the order",
+                    p.reason
+                );
+                let kind = p.reason.split(' ').take(3).collect::<Vec<_>>().join(" ");
+                seen.entry(kind).or_insert(p.reason.clone());
+            }
+        }
+    }
+    for r in seen.values() {
+        eprintln!("reason: {r}");
+    }
+    assert!(
+        seen.values()
+            .any(|r| r.contains("customers upgraded from the")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.values()
+            .any(|r| r.starts_with("bought with the") || r.contains("bought them together"))
+    );
+}
+
+/// `max_price_ratio` of the default `complete_your_setup` campaign (config.toml).
+const RATIO: f64 = 0.5;
+
+#[test]
+fn evaluate_beats_popularity() {
+    let s = sample();
+    let rep = evaluate(
+        &s.products,
+        &s.orders,
+        None,
+        3,
+        Strategy::Complements,
+        RATIO,
+        &ModelConfig::default(),
+    );
+    eprintln!("{}", serde_json::to_string_pretty(&rep).unwrap());
+    assert!(rep.orders_tested > 100);
+    assert!(
+        rep.recommender.hit_rate > rep.popularity.hit_rate,
+        "{rep:?}"
+    );
+    assert!(rep.per_strategy.contains_key("upgrades"));
+    // The default upgrade campaign (max_items 2, max_price_ratio 3.0), for the docs.
+    let up = evaluate(
+        &s.products,
+        &s.orders,
+        None,
+        2,
+        Strategy::Upgrades,
+        3.0,
+        &ModelConfig::default(),
+    );
+    eprintln!(
+        "upgrades k=2 ratio=3: {}",
+        serde_json::to_string(&up).unwrap()
+    );
+    let json = serde_json::to_value(&rep).unwrap();
+    for key in [
+        "k",
+        "orders_tested",
+        "split_at",
+        "recommender",
+        "popularity",
+    ] {
+        assert!(json.get(key).is_some(), "{key}");
+    }
+}
