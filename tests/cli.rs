@@ -23,6 +23,14 @@ fn field_of(stderr: &str, file: &str, line: usize) -> String {
         .unwrap_or_default()
 }
 
+/// (kind, bad lines, (line, field) pairs, ids that must be stored)
+type Case = (
+    &'static str,
+    &'static [usize],
+    &'static [(usize, &'static str)],
+    &'static [&'static str],
+);
+
 #[tokio::test]
 async fn bad_lines_are_reported_by_file_line_and_field_and_good_ones_stored() {
     let db = fresh_db().await;
@@ -38,7 +46,7 @@ async fn bad_lines_are_reported_by_file_line_and_field_and_good_ones_stored() {
         );
         assert_eq!(code, 0, "{err}");
     }
-    let cases: [(&str, &[usize], &[(usize, &str)], &[&str]); 4] = [
+    let cases: [Case; 4] = [
         (
             "products",
             &[3, 4, 5, 7, 9, 11, 12, 14, 15, 18],

@@ -162,10 +162,10 @@ impl Engine {
         if customer.suppressed {
             return Ok(Decision::Skip("suppressed"));
         }
-        if let Some(q) = &self.settings.limits.quiet_hours {
-            if let Some(until) = quiet_until(q, self.customer_tz(&customer), now) {
-                return Ok(Decision::Defer(until));
-            }
+        if let Some(q) = &self.settings.limits.quiet_hours
+            && let Some(until) = quiet_until(q, self.customer_tz(&customer), now)
+        {
+            return Ok(Decision::Defer(until));
         }
         let history = self.history(&ctx.order, now).await?;
         if let Some(free) = cap_frees_at(

@@ -340,10 +340,10 @@ async fn process(
         }
     };
     let (ack_tx, ack_rx) = oneshot::channel();
-    if tx.send((c.id, finish, ack_tx)).await.is_ok() {
-        if let Ok(Err(err)) = ack_rx.await {
-            warn!(error = %err, "outcome not recorded; the lease will bring the follow-up back");
-        }
+    if tx.send((c.id, finish, ack_tx)).await.is_ok()
+        && let Ok(Err(err)) = ack_rx.await
+    {
+        warn!(error = %err, "outcome not recorded; the lease will bring the follow-up back");
     }
 }
 

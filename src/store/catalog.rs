@@ -335,10 +335,10 @@ impl Store {
                 .bind(customer.as_str()).bind(emailed_since.0.min(week_ago.0)).fetch_all(p).await?;
             for r in sent {
                 let at: i64 = r.try_get("sent_at")?;
-                if at >= emailed_since.0 {
-                    if let Some(items) = r.try_get::<Option<String>, _>("items")? {
+                if at >= emailed_since.0
+                    && let Some(items) = r.try_get::<Option<String>, _>("items")?
+                {
                         h.emailed_recently.extend(json_col::<Vec<String>>(items)?.iter().filter_map(|s| ProductId::parse(s).ok()));
-                    }
                 }
                 if at > week_ago.0 && at <= now.0 {
                     h.sent_last_week.push(Timestamp(at));

@@ -70,10 +70,9 @@ impl Store {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.trim_start_matches("//");
             if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
+                && !dir.as_os_str().is_empty()
             {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
-                }
+                std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
             }
             let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
                 .map_err(err)?
