@@ -91,14 +91,13 @@ pub(crate) async fn orders(
     let mut orders = Batch::new(Kind::Orders);
     orders.push(&order, &ctx).map_err(field_error)?;
 
-    if let Some(id) = header("x-shopify-webhook-id") {
-        if !store
+    if let Some(id) = header("x-shopify-webhook-id")
+        && !store
             .first_delivery(id, now)
             .await
             .map_err(ApiError::internal)?
-        {
-            return Ok((StatusCode::OK, Json(json!({ "duplicate": true }))));
-        }
+    {
+        return Ok((StatusCode::OK, Json(json!({ "duplicate": true }))));
     }
     let stored = async {
         customers.store(store, &s.rules, now).await?;
