@@ -230,6 +230,18 @@ async fn v1_requires_the_token() {
             .unwrap()
             .is_none()
     );
+
+    // Beyond http.max_body_bytes: 413.
+    let big = " ".repeat(app.engine.settings.http.max_body_bytes + 1);
+    let r = app
+        .http
+        .post(app.url("/v1/customers"))
+        .bearer_auth(TOKEN)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]
