@@ -1,9 +1,9 @@
 //! The command line (SPEC §4): parses arguments, calls the library, reports. Output goes
 //! to the writers it is given; `main` only maps the result to an exit code.
 
-mod commands;
+pub(crate) mod commands;
 mod demo;
-mod setup;
+pub(crate) mod setup;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

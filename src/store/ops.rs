@@ -136,3 +136,78 @@ impl Store {
         with_db!(&self.db, p => Ok(sqlx::query(sql).bind(id).bind(now.0).execute(p).await?.rows_affected() == 1))
     }
 }
+
+impl Store {
+    /// Forgets a webhook delivery id, so a retry of a delivery that failed is processed.
+    pub async fn forget_delivery(&self, id: &str) -> Result<()> {
+        with_db!(&self.db, p => {
+            sqlx::query("DELETE FROM webhook_deliveries WHERE id = $1").bind(id).execute(p).await?;
+            Ok(())
+        })
+    }
+
+    /// Counters and gauges for `/metrics`, read from the ledger.
+    pub async fn metrics(&self, now: Timestamp) -> Result<MetricsReport> {
+        let sql_smtp =
+            "SELECT smtp_reply FROM followups WHERE smtp_reply IS NOT NULL AND state <> 'sent'";
+        // Bucket bounds are bound as parameters so the SQL stays one fixed string.
+        let sql_latency = "SELECT COUNT(*) AS n,
+                CAST(COALESCE(SUM(sent_at - due_at), 0) AS BIGINT) AS total,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b0,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b1,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $3 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b2,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $4 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b3,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $5 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b4,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $6 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b5,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $7 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b6,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $8 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b7,
+                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $9 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b8
+            FROM followups WHERE state = 'sent' AND sent_at IS NOT NULL";
+        let sql_depth = "SELECT COUNT(*) FROM followups WHERE state IN ('scheduled', 'deferred') AND next_at <= $1";
+        with_db!(&self.db, p => {
+            let mut smtp_errors: BTreeMap<String, i64> =
+                ["4xx", "5xx", "connection"].iter().map(|c| (c.to_string(), 0)).collect();
+            for reply in sqlx::query_scalar::<_, String>(sql_smtp).fetch_all(p).await? {
+                let class = match reply.trim_start().as_bytes().first() {
+                    Some(b'4') => "4xx",
+                    Some(b'5') => "5xx",
+                    _ => "connection",
+                };
+                *smtp_errors.entry(class.to_owned()).or_default() += 1;
+            }
+            let mut q = sqlx::query(sql_latency);
+            for b in LATENCY_BUCKETS {
+                q = q.bind((b * 1000.0) as i64);
+            }
+            let r = q.fetch_one(p).await?;
+            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len());
+            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                buckets.push((*b, r.try_get::<i64, _>(format!("b{i}").as_str())?));
+            }
+            let queue_depth: i64 = sqlx::query_scalar(sql_depth).bind(now.0).fetch_one(p).await?;
+            Ok(MetricsReport {
+                smtp_errors,
+                latency_count: r.try_get("n")?,
+                latency_sum_ms: r.try_get("total")?,
+                latency_buckets: buckets,
+                queue_depth,
+            })
+        })
+    }
+}
+
+/// Upper bounds (seconds) of the due → sent latency histogram.
+pub const LATENCY_BUCKETS: [f64; 9] =
+    [1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0];
+
+#[derive(Debug, Clone, Default)]
+pub struct MetricsReport {
+    /// Follow-ups whose last SMTP reply was an error, by class (4xx, 5xx, connection).
+    pub smtp_errors: BTreeMap<String, i64>,
+    pub latency_count: i64,
+    pub latency_sum_ms: i64,
+    /// (upper bound in seconds, cumulative count).
+    pub latency_buckets: Vec<(f64, i64)>,
+    /// Scheduled or deferred follow-ups due now.
+    pub queue_depth: i64,
+}

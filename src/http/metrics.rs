@@ -1,0 +1,113 @@
+//! `/healthz` and `/metrics` (Prometheus text exposition 0.0.4), computed from the ledger
+//! on each scrape so every process reports the same truth.
+
+use super::{ApiError, AppState};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use std::fmt::Write as _;
+
+pub(crate) async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.engine.store.ping().await {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+    }
+}
+
+pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let store = &s.engine.store;
+    let now = s.engine.clock.now();
+    let status = store
+        .status(now, now.minus(std::time::Duration::from_secs(30)))
+        .await
+        .map_err(ApiError::internal)?;
+    let m = store.metrics(now).await.map_err(ApiError::internal)?;
+
+    // Families are written one after the other: HELP, TYPE, then the samples.
+    let mut out = String::new();
+    write_family(
+        &mut out,
+        "aftercart_followups",
+        "gauge",
+        "Follow-ups by state.",
+        status
+            .followups
+            .iter()
+            .map(|(k, v)| (format!("{{state=\"{}\"}}", label(k)), v.to_string())),
+    );
+    write_family(
+        &mut out,
+        "aftercart_followups_skipped",
+        "gauge",
+        "Skipped follow-ups by reason.",
+        status
+            .skipped_by_reason
+            .iter()
+            .map(|(k, v)| (format!("{{reason=\"{}\"}}", label(k)), v.to_string())),
+    );
+    let sent = status.followups.get("sent").copied().unwrap_or(0);
+    write_family(
+        &mut out,
+        "aftercart_sends_total",
+        "counter",
+        "Emails sent (follow-ups in state sent).",
+        [(String::new(), sent.to_string())],
+    );
+    write_family(
+        &mut out,
+        "aftercart_smtp_errors_total",
+        "counter",
+        "Follow-ups whose last SMTP attempt failed, by class.",
+        m.smtp_errors
+            .iter()
+            .map(|(k, v)| (format!("{{class=\"{}\"}}", label(k)), v.to_string())),
+    );
+    write_family(
+        &mut out,
+        "aftercart_queue_depth",
+        "gauge",
+        "Follow-ups due now and not yet claimed.",
+        [(String::new(), m.queue_depth.to_string())],
+    );
+    let name = "aftercart_job_latency_seconds";
+    let mut samples: Vec<(String, String)> = m
+        .latency_buckets
+        .iter()
+        .map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), n.to_string()))
+        .collect();
+    samples.push(("_bucket{le=\"+Inf\"}".into(), m.latency_count.to_string()));
+    samples.push((
+        "_sum".into(),
+        format!("{}", m.latency_sum_ms as f64 / 1000.0),
+    ));
+    samples.push(("_count".into(), m.latency_count.to_string()));
+    write_family(
+        &mut out,
+        name,
+        "histogram",
+        "Delay from a follow-up's due time to its sending.",
+        samples,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+fn write_family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, String)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (suffix, value) in samples {
+        let _ = writeln!(out, "{name}{suffix} {value}");
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped as the format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

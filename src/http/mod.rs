@@ -1,0 +1,230 @@
+//! The HTTP face of aftercart (SPEC §5): the ingest API (`/v1/*`, bearer token), the
+//! Shopify order webhook (HMAC), campaign triggers, unsubscribe pages (signed tokens),
+//! the content team's preview pages, `/healthz` and `/metrics`.
+//!
+//! Handlers stay thin: they parse the request, call the same library code the CLI uses
+//! (`import::Batch`, `campaign::trigger`, `Engine::preview`, the store) and turn the
+//! outcome into a status code. `docs/api.md` is the user-facing reference.
+
+mod api;
+mod auth;
+mod metrics;
+mod pages;
+mod shopify;
+
+use crate::config::Settings;
+use crate::jobs::{Clock, Engine, RunOptions, Worker};
+use crate::store::ScheduleRule;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Opening the store, templates or mailer failed (the message says which).
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("worker failed: {0}")]
+    Worker(#[from] crate::store::StoreError),
+}
+
+/// What every handler shares. Cheap to clone (everything inside is shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    /// Campaign rules used to schedule follow-ups for stored orders.
+    pub rules: Arc<[ScheduleRule]>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine) -> AppState {
+        let rules = crate::cli::commands::schedule_rules(&engine.settings).into();
+        AppState { engine, rules }
+    }
+}
+
+/// All routes. `/v1/*` and `/preview*` check the API token; the webhook checks its HMAC;
+/// unsubscribe checks the signed token; `/healthz` and `/metrics` are open (bind them to
+/// a private interface or put them behind the proxy if that matters).
+pub fn router(state: AppState) -> Router {
+    let limit = state.engine.settings.http.max_body_bytes;
+    let v1 = Router::new()
+        .route("/orders", post(api::orders))
+        .route("/customers", post(api::customers))
+        .route("/products", post(api::products))
+        .route("/events", post(api::events))
+        .route("/campaigns/{name}/trigger", post(api::trigger_campaign))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/webhooks/shopify/orders", post(shopify::orders))
+        .route(
+            "/unsubscribe/{token}",
+            get(pages::unsubscribe_page).post(pages::unsubscribe),
+        )
+        .route("/preview", get(pages::preview_index))
+        .route("/preview/{campaign}/{order_id}", get(pages::preview_email))
+        .route("/healthz", get(metrics::healthz))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Bodies beyond the limit are refused with 413 before any handler reads them.
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A running server: its address and task (abort the task to stop it at once).
+pub type Running = (SocketAddr, JoinHandle<Result<(), HttpError>>);
+
+/// Starts the HTTP server (no worker) on `listener`; it stops gracefully when `shutdown`
+/// resolves. For tests: bind 127.0.0.1:0 first when the address must be known early
+/// (e.g. for `store.base_url`).
+pub fn start_on(
+    engine: Engine,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, HttpError> {
+    let addr = listener.local_addr().map_err(HttpError::Serve)?;
+    let app = router(AppState::new(engine));
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(HttpError::Serve)
+    });
+    Ok((addr, handle))
+}
+
+/// Binds `bind` (e.g. "127.0.0.1:0") and starts the server without a worker; it runs
+/// until the returned task is aborted.
+pub async fn start(engine: Engine, bind: &str) -> Result<Running, HttpError> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| HttpError::Bind {
+            addr: bind.to_owned(),
+            source,
+        })?;
+    start_on(engine, listener, std::future::pending())
+}
+
+/// `aftercart serve`: the API on `http.bind`, the worker in the same process unless
+/// `with_worker` is false, template hot reload, and a graceful stop on SIGINT/SIGTERM.
+pub async fn serve(s: Settings, with_worker: bool) -> Result<(), HttpError> {
+    use crate::cli::setup::{campaign_templates, open_engine, open_store};
+    let setup = |e: crate::cli::CliError| HttpError::Setup(e.to_string());
+    let bind = s.http.bind.clone();
+    if s.http.api_token.is_none() {
+        tracing::warn!("AFTERCART__HTTP__API_TOKEN is not set: /v1 and /preview answer 401");
+    }
+    let mailer = if with_worker {
+        Some(crate::cli::commands::mailer(&s).await.map_err(setup)?)
+    } else {
+        None
+    };
+    let store = open_store(&s).await.map_err(setup)?;
+    let engine = open_engine(s, store, Clock::System).await.map_err(setup)?;
+    let _watch = engine.templates.clone().spawn_watcher(
+        campaign_templates(&engine.settings),
+        std::time::Duration::from_secs(2),
+    );
+
+    // One signal, many listeners: the server and the worker stop together.
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::cli::commands::shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+
+    let listener = TcpListener::bind(&bind)
+        .await
+        .map_err(|source| HttpError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+    let stop = {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let (addr, server) = start_on(engine.clone(), listener, stop)?;
+    tracing::info!(%addr, worker = with_worker, "listening");
+
+    let worker = mailer.map(|mailer| {
+        let mut rx = rx.clone();
+        let w = Worker::new(engine.clone(), mailer, RunOptions::new(false));
+        tokio::spawn(async move {
+            w.run(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+        })
+    });
+
+    let served = server
+        .await
+        .map_err(|e| HttpError::Serve(std::io::Error::other(e)))?;
+    if let Some(w) = worker {
+        let summary = w
+            .await
+            .map_err(|e| HttpError::Setup(format!("worker task: {e}")))??;
+        tracing::info!(
+            sent = summary.sent,
+            skipped = summary.skipped,
+            failed = summary.failed,
+            "worker stopped"
+        );
+    }
+    engine.store.close().await;
+    served
+}
+
+/// A JSON error: `{"error": "...", ...extra fields}` with a status.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, msg: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status,
+            body: serde_json::json!({ "error": msg.to_string() }),
+        }
+    }
+    /// Adds a field to the body (`index`, `field`, `why`…).
+    pub(crate) fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> ApiError {
+        if let Some(o) = self.body.as_object_mut() {
+            o.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+    pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "request failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
