@@ -2,6 +2,8 @@
 //! SQLite file, or a new PostgreSQL database when `AFTERCART_TEST_DATABASE_URL` is set),
 //! the sample store loaded, and the SMTP test sink where an email is sent.
 
+mod common;
+
 use aftercart::cli::{open_engine, open_store};
 use aftercart::config::Settings;
 use aftercart::domain::Timestamp;
@@ -27,37 +29,11 @@ struct App {
     engine: Engine,
     sink: SmtpSink,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-fn manifest() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh database: SQLite in `dir`, or `aftercart_test_<random>` created on the
-/// PostgreSQL server named by `AFTERCART_TEST_DATABASE_URL` (unreachable → the test fails).
-async fn fresh_db_url(dir: &Path) -> String {
-    match std::env::var("AFTERCART_TEST_DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-                panic!("AFTERCART_TEST_DATABASE_URL is set but unreachable: {e}")
-            });
-            let name = format!("aftercart_test_{:016x}", rand::random::<u64>());
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .expect("CREATE DATABASE");
-            let mut u = url::Url::parse(&url).expect("a postgres:// URL");
-            u.set_path(&format!("/{name}"));
-            u.to_string()
-        }
-        _ => format!("sqlite://{}/aftercart.db", dir.display()),
-    }
+    _db: common::TestDb,
 }
 
 async fn import(engine_store: &aftercart::store::Store, kind: Kind, file: &str) {
-    let f = std::fs::File::open(manifest().join("sample").join(file)).unwrap();
+    let f = std::fs::File::open(common::sample(file)).unwrap();
     let report = import_reader(
         engine_store,
         kind,
@@ -73,12 +49,12 @@ async fn import(engine_store: &aftercart::store::Store, kind: Kind, file: &str) 
 }
 
 async fn app_with(templates: Option<PathBuf>) -> App {
-    let dir = tempfile::tempdir().unwrap();
+    let db = common::fresh_db().await;
     let sink = SmtpSink::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let env: Vec<(String, String)> = [
-        ("AFTERCART__DATABASE__URL", fresh_db_url(dir.path()).await),
+        ("AFTERCART__DATABASE__URL", db.url.clone()),
         ("AFTERCART__HTTP__API_TOKEN", TOKEN.into()),
         ("AFTERCART__SHOPIFY__WEBHOOK_SECRET", SHOPIFY_SECRET.into()),
         ("AFTERCART__UNSUBSCRIBE__SECRET", "u-key".into()),
@@ -90,7 +66,7 @@ async fn app_with(templates: Option<PathBuf>) -> App {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let mut s = Settings::load_with_env(None, &env).unwrap();
-    s.templates_dir = templates.unwrap_or_else(|| manifest().join("templates"));
+    s.templates_dir = templates.unwrap_or_else(|| common::manifest().join("templates"));
     let store = open_store(&s).await.unwrap();
     import(&store, Kind::Products, "products.jsonl").await;
     import(&store, Kind::Customers, "customers.jsonl").await;
@@ -102,7 +78,7 @@ async fn app_with(templates: Option<PathBuf>) -> App {
         engine,
         sink,
         http: reqwest::Client::new(),
-        _dir: dir,
+        _db: db,
     }
 }
 
@@ -788,7 +764,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn preview_shows_a_template_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("templates");
-    copy_dir(&manifest().join("templates"), &dir);
+    copy_dir(&common::manifest().join("templates"), &dir);
     let app = app_with(Some(dir.clone())).await;
     // Broken after start: the running engine keeps its last good version, the preview
     // reads the files as the editor left them.
@@ -824,4 +800,134 @@ async fn preview_shows_a_template_problem() {
         .await
         .unwrap();
     assert!(index.contains("upgrade/body.html:"));
+}
+
+/// Headless Chromium, as the content team's browser: `--dump-dom` and `--screenshot`.
+/// Missing Chromium fails in CI (which installs it) and is reported and skipped
+/// elsewhere.
+fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
+    let bin = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(bin) = bin else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium (see .ci/run)"
+        );
+        eprintln!("chromium not installed: browser test skipped");
+        return None;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+        ])
+        .args([
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-quic",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    Some(out)
+}
+
+/// A PNG with more than one colour in it.
+fn non_blank_png(path: &Path) -> bool {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    let distinct: std::collections::HashSet<&[u8]> = pixels.iter().step_by(97).copied().collect();
+    info.width > 100 && info.height > 100 && distinct.len() > 10
+}
+
+#[tokio::test]
+async fn preview_pages_in_a_real_browser() {
+    let app = app().await;
+    let order = "O00000001";
+    let (addr, shots) = (app.addr, tempfile::tempdir().unwrap());
+    for campaign in ["complete_your_setup", "upgrade"] {
+        let url = format!("http://{addr}/preview/{campaign}/{order}?token={TOKEN}");
+        let c = app.engine.settings.campaign(campaign).unwrap().clone();
+        let expected = app.engine.preview(order, &c).await.unwrap();
+        let dom_url = url.clone();
+        let Some(dom) = tokio::task::spawn_blocking(move || chromium(&["--dump-dom"], &dom_url))
+            .await
+            .unwrap()
+        else {
+            return;
+        };
+        assert!(
+            dom.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dom.stderr)
+        );
+        let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+        assert!(
+            dom.contains(&esc(&expected.email.subject)),
+            "subject in the DOM"
+        );
+        assert!(!expected.picks.is_empty());
+        for p in &expected.picks {
+            assert!(dom.contains(&esc(&p.title)), "{}", p.title);
+            assert!(dom.contains(&esc(&p.reason)), "{}", p.reason);
+        }
+        assert!(dom.contains(&esc(&app.engine.settings.store.postal_address)));
+        assert!(dom.contains(&format!("http://{addr}/unsubscribe/")));
+
+        let png = shots.path().join(format!("{campaign}.png"));
+        let arg = format!("--screenshot={}", png.display());
+        let shot = tokio::task::spawn_blocking(move || {
+            chromium(
+                &[
+                    &arg,
+                    "--window-size=1100,1700",
+                    "--virtual-time-budget=5000",
+                ],
+                &url,
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            shot.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shot.stderr)
+        );
+        assert!(
+            non_blank_png(&png),
+            "{campaign}: the screenshot shows something"
+        );
+        // AFTERCART_SCREENSHOTS=docs/screenshots refreshes the pictures in the docs.
+        if let Some(dir) = std::env::var_os("AFTERCART_SCREENSHOTS") {
+            std::fs::copy(&png, Path::new(&dir).join(format!("{campaign}.png"))).unwrap();
+        }
+    }
+    let index = format!("http://{addr}/preview?token={TOKEN}");
+    let dom = tokio::task::spawn_blocking(move || chromium(&["--dump-dom"], &index))
+        .await
+        .unwrap()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(
+        dom.contains("complete_your_setup") && dom.contains("/preview/upgrade/"),
+        "{dom}"
+    );
 }

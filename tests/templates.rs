@@ -35,24 +35,53 @@ fn edit(path: &Path, from: &str, to: &str) {
 #[test]
 fn templates_check_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let env = base_env(&format!("sqlite://{}/x.db", dir.path().display()), "file:///tmp/x");
+    let env = base_env(
+        &format!("sqlite://{}/x.db", dir.path().display()),
+        "file:///tmp/x",
+    );
     let (code, out, err) = run(&env, &["templates", "check"]);
     assert_eq!(code, 0, "shipped templates pass: {out}{err}");
 
     let cases = [
-        ("upgrade/body.html", "{{ customer.first_name }}, ready", "{{ customer.nmae }}, ready", "upgrade/body.html:4:"),
-        ("upgrade/body.html", "{{ customer.first_name }}, ready", "{{ customer.first_name | shout }}, ready", "upgrade/body.html:4:"),
-        ("upgrade/body.html", "{% endfor %}", "", "upgrade/body.html:6:"),
-        ("partials/footer.html", "{{ store.postal_address }}", "{{ store.postal_address }", "partials/footer.html:4:"),
+        (
+            "upgrade/body.html",
+            "{{ customer.first_name }}, ready",
+            "{{ customer.nmae }}, ready",
+            "upgrade/body.html:4:",
+        ),
+        (
+            "upgrade/body.html",
+            "{{ customer.first_name }}, ready",
+            "{{ customer.first_name | shout }}, ready",
+            "upgrade/body.html:4:",
+        ),
+        (
+            "upgrade/body.html",
+            "{% endfor %}",
+            "",
+            "upgrade/body.html:6:",
+        ),
+        (
+            "partials/footer.html",
+            "{{ store.postal_address }}",
+            "{{ store.postal_address }",
+            "partials/footer.html:4:",
+        ),
     ];
     for (file, from, to, expected) in cases {
         let tdir = dir.path().join(format!("t{}", expected.len() + to.len()));
         copy_templates(&tdir);
         edit(&tdir.join(file), from, to);
-        let env = with(env.clone(), &[("AFTERCART__TEMPLATES__DIR", tdir.to_str().unwrap())]);
+        let env = with(
+            env.clone(),
+            &[("AFTERCART__TEMPLATES__DIR", tdir.to_str().unwrap())],
+        );
         let (code, _, err) = run(&env, &["templates", "check"]);
         assert_eq!(code, 2, "{file}: {to}\n{err}");
-        let line = err.lines().find(|l| l.contains(expected)).unwrap_or_else(|| panic!("{expected} not in:\n{err}"));
+        let line = err
+            .lines()
+            .find(|l| l.contains(expected))
+            .unwrap_or_else(|| panic!("{expected} not in:\n{err}"));
         // FILE:LINE:COLUMN: message, with a real column number.
         let after = &line[line.find(expected).unwrap() + expected.len()..];
         let (col, msg) = after.split_once(": ").unwrap();
@@ -67,7 +96,11 @@ async fn fresh_orders(store: &aftercart::store::Store, tag: &str, n: usize) -> V
     let mut out = Vec::new();
     let three_days = 3 * 86_400_000;
     for o in store.purchase_history().await.unwrap() {
-        let c = store.customer(o.customer_id.as_str()).await.unwrap().unwrap();
+        let c = store
+            .customer(o.customer_id.as_str())
+            .await
+            .unwrap()
+            .unwrap();
         if !c.customer.marketing_consent || o.items.len() != 1 {
             continue;
         }
@@ -88,7 +121,10 @@ async fn fresh_orders(store: &aftercart::store::Store, tag: &str, n: usize) -> V
 
 async fn wait_until_nothing_due(store: &aftercart::store::Store) {
     for _ in 0..600 {
-        let r = store.status(Timestamp::now(), Timestamp::now()).await.unwrap();
+        let r = store
+            .status(Timestamp::now(), Timestamp::now())
+            .await
+            .unwrap();
         let busy = r.followups["sending"] + store.claim_count_due(Timestamp::now()).await;
         if busy == 0 {
             return;
@@ -124,65 +160,123 @@ async fn hot_reload_uses_good_changes_and_refuses_broken_ones() {
     // Only the new orders below matter: finish the sample's own follow-ups first.
     let mailer = aftercart::cli::mailer(&s).await.unwrap();
     let e = engine(s.clone(), store.clone(), clock_at_first_due(&store).await).await;
-    Worker::new(e, mailer.clone(), RunOptions::new(true)).run(std::future::pending()).await.unwrap();
+    Worker::new(e, mailer.clone(), RunOptions::new(true))
+        .run(std::future::pending())
+        .await
+        .unwrap();
     sink.clear();
 
     let e = engine(s.clone(), store.clone(), Clock::System).await;
     let _watch = watch_templates(e.clone(), Duration::from_millis(100));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(Worker::new(e.clone(), mailer, RunOptions::new(false)).run(async {
-        let _ = stop_rx.await;
-    }));
+    let worker = tokio::spawn(
+        Worker::new(e.clone(), mailer, RunOptions::new(false)).run(async {
+            let _ = stop_rx.await;
+        }),
+    );
     let rules = aftercart::cli::schedule_rules(&s);
     let subjects = |sink: &SmtpSink| -> Vec<String> {
         sink.received()
             .iter()
-            .filter_map(|r| r.raw.as_deref()?.lines().find(|l| l.starts_with("Subject:")).map(str::to_owned))
+            .filter_map(|r| {
+                r.raw
+                    .as_deref()?
+                    .lines()
+                    .find(|l| l.starts_with("Subject:"))
+                    .map(str::to_owned)
+            })
             .collect()
     };
 
-    store.upsert_orders(&fresh_orders(&store, "a", 40).await, &rules, Timestamp::now()).await.unwrap();
+    store
+        .upsert_orders(
+            &fresh_orders(&store, "a", 40).await,
+            &rules,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
     wait_until_nothing_due(&store).await;
     let first = subjects(&sink);
     assert!(!first.is_empty());
     assert!(first.iter().all(|s| !s.contains("NEW")));
 
     // A good change: the next emails use it.
-    edit(&tdir.path().join("complete_your_setup/subject.txt"), "{% if items %}", "NEW {% if items %}");
+    edit(
+        &tdir.path().join("complete_your_setup/subject.txt"),
+        "{% if items %}",
+        "NEW {% if items %}",
+    );
     let sample = aftercart::render::sample_context("complete_your_setup", "complements");
     for _ in 0..100 {
-        if e.templates.current().render("complete_your_setup", &sample).unwrap().subject.starts_with("NEW") {
+        if e.templates
+            .current()
+            .render("complete_your_setup", &sample)
+            .unwrap()
+            .subject
+            .starts_with("NEW")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sink.clear();
-    store.upsert_orders(&fresh_orders(&store, "b", 40).await, &rules, Timestamp::now()).await.unwrap();
+    store
+        .upsert_orders(
+            &fresh_orders(&store, "b", 40).await,
+            &rules,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
     wait_until_nothing_due(&store).await;
     let second = subjects(&sink);
     assert!(!second.is_empty());
     assert!(second.iter().all(|s| s.contains("NEW")), "{second:?}");
 
     // A broken change is refused: emails keep the last good version, status shows why.
-    edit(&tdir.path().join("complete_your_setup/body.html"), "{% endblock content %}", "{% if items %}{% endblock content %}");
+    edit(
+        &tdir.path().join("complete_your_setup/body.html"),
+        "{% endblock content %}",
+        "{% if items %}{% endblock content %}",
+    );
     let mut shown = String::new();
     for _ in 0..100 {
-        let r = store.status(Timestamp::now(), Timestamp::now()).await.unwrap();
+        let r = store
+            .status(Timestamp::now(), Timestamp::now())
+            .await
+            .unwrap();
         if let Some(p) = r.template_errors.get("(templates)") {
             shown = p.clone();
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(shown.contains("complete_your_setup/body.html:"), "status shows the refused change: {shown:?}");
+    assert!(
+        shown.contains("complete_your_setup/body.html:"),
+        "status shows the refused change: {shown:?}"
+    );
     let (code, out, _) = run(&base_env(&db.url, &sink.url()), &["status"]);
     assert_eq!(code, 0);
-    assert!(out.contains("template error") && out.contains("complete_your_setup/body.html:"), "{out}");
+    assert!(
+        out.contains("template error") && out.contains("complete_your_setup/body.html:"),
+        "{out}"
+    );
     sink.clear();
-    store.upsert_orders(&fresh_orders(&store, "c", 40).await, &rules, Timestamp::now()).await.unwrap();
+    store
+        .upsert_orders(
+            &fresh_orders(&store, "c", 40).await,
+            &rules,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
     wait_until_nothing_due(&store).await;
     let third = subjects(&sink);
-    assert!(!third.is_empty(), "sending goes on with the last good version");
+    assert!(
+        !third.is_empty(),
+        "sending goes on with the last good version"
+    );
     assert!(third.iter().all(|s| s.contains("NEW")));
 
     let _ = stop_tx.send(());
@@ -196,7 +290,11 @@ async fn a_template_that_fails_to_render_sends_nothing_and_keeps_the_followup() 
     let tdir = tempfile::tempdir().unwrap();
     copy_templates(tdir.path());
     // Passes the check (the sample has two picks) but fails for an email with one pick.
-    std::fs::write(tdir.path().join("complete_your_setup/subject.txt"), "{{ items.0.title }} and {{ items.1.title }}").unwrap();
+    std::fs::write(
+        tdir.path().join("complete_your_setup/subject.txt"),
+        "{{ items.0.title }} and {{ items.1.title }}",
+    )
+    .unwrap();
     let mut s = settings(&base_env(&db.url, &sink.url()));
     s.templates_dir = tdir.path().to_path_buf();
     let store = store(&s).await;
@@ -206,21 +304,46 @@ async fn a_template_that_fails_to_render_sends_nothing_and_keeps_the_followup() 
     let e = engine(s.clone(), store.clone(), Clock::System).await;
     // Run a bounded while: rows with a template error come back every minute.
     let stop = tokio::time::sleep(Duration::from_secs(4));
-    Worker::new(e, mailer, RunOptions::new(false)).run(stop).await.unwrap();
+    Worker::new(e, mailer, RunOptions::new(false))
+        .run(stop)
+        .await
+        .unwrap();
 
     let rows = store.followups(None, None, 100_000).await.unwrap();
-    let broken: Vec<_> = rows.iter().filter(|r| r.smtp_reply.as_deref().is_some_and(|x| x.starts_with("template error"))).collect();
+    let broken: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r.smtp_reply
+                .as_deref()
+                .is_some_and(|x| x.starts_with("template error"))
+        })
+        .collect();
     assert!(!broken.is_empty(), "some emails had a single pick");
     for r in &broken {
         assert_eq!(r.state, "scheduled", "{r:?}");
         assert!(r.message_id.is_none() && r.sent_at.is_none());
-        assert!(r.smtp_reply.as_deref().unwrap().contains("complete_your_setup/subject.txt"), "{r:?}");
+        assert!(
+            r.smtp_reply
+                .as_deref()
+                .unwrap()
+                .contains("complete_your_setup/subject.txt"),
+            "{r:?}"
+        );
     }
     let sent_ids: std::collections::HashSet<_> = sink.message_ids().into_iter().collect();
     for r in &broken {
         let id = aftercart::jobs::message_id(&r.order_id, &r.campaign, &s.smtp.from);
         assert!(!sent_ids.contains(&id), "nothing sent for {}", r.order_id);
     }
-    let status = store.status(Timestamp::now(), Timestamp::now()).await.unwrap();
-    assert!(status.template_errors.get("complete_your_setup").is_some_and(|p| p.contains("subject.txt")), "{status:?}");
+    let status = store
+        .status(Timestamp::now(), Timestamp::now())
+        .await
+        .unwrap();
+    assert!(
+        status
+            .template_errors
+            .get("complete_your_setup")
+            .is_some_and(|p| p.contains("subject.txt")),
+        "{status:?}"
+    );
 }
