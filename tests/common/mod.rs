@@ -29,14 +29,20 @@ pub struct TestDb {
 }
 
 pub async fn fresh_db() -> TestDb {
-    match std::env::var("AFTERCART_TEST_DATABASE_URL") {
-        Ok(admin) if !admin.is_empty() => {
+    fresh_db_at(std::env::var("AFTERCART_TEST_DATABASE_URL").ok().as_deref()).await
+}
+
+/// A fresh database on the PostgreSQL server of `admin` (a URL to any database there), or
+/// a SQLite file in a temp dir when `admin` is None or empty.
+pub async fn fresh_db_at(admin: Option<&str>) -> TestDb {
+    match admin {
+        Some(admin) if !admin.is_empty() => {
             use sqlx::Connection;
             let name = format!(
                 "aftercart_test_{}",
                 &aftercart::unsubscribe::random_secret()[..16]
             );
-            let mut conn = sqlx::PgConnection::connect(&admin)
+            let mut conn = sqlx::PgConnection::connect(admin)
                 .await
                 .unwrap_or_else(|e| {
                     panic!("AFTERCART_TEST_DATABASE_URL is set but {admin} is unreachable: {e}")
@@ -47,7 +53,7 @@ pub async fn fresh_db() -> TestDb {
                 .execute(&mut conn)
                 .await
                 .expect("create test database");
-            let mut url = url::Url::parse(&admin).expect("AFTERCART_TEST_DATABASE_URL is a URL");
+            let mut url = url::Url::parse(admin).expect("AFTERCART_TEST_DATABASE_URL is a URL");
             url.set_path(&format!("/{name}"));
             TestDb {
                 url: url.to_string(),
