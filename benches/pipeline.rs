@@ -23,6 +23,7 @@ struct Args {
     postgres: Option<String>,
     followups: usize,
     import_orders: usize,
+    profile: bool,
 }
 
 fn args() -> Args {
@@ -30,6 +31,7 @@ fn args() -> Args {
         postgres: None,
         followups: 10_000,
         import_orders: 100_000,
+        profile: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -37,6 +39,7 @@ fn args() -> Args {
             "--postgres" => a.postgres = it.next(),
             "--followups" => a.followups = it.next().and_then(|v| v.parse().ok()).unwrap(),
             "--import-orders" => a.import_orders = it.next().and_then(|v| v.parse().ok()).unwrap(),
+            "--profile" => a.profile = true,
             // `cargo bench` passes --bench; anything else is ignored too.
             _ => {}
         }
@@ -129,9 +132,154 @@ fn print_drain(engine: &str, workers: usize, d: &Drain) {
     );
 }
 
+/// Where a follow-up's time goes, stage by stage on SQLite (`--profile`): the rules,
+/// picks and rendering (`Engine::decide`), the SMTP send, and the ledger alone (claim and
+/// finish with no work in between).
+async fn profile(n: usize) {
+    use aftercart::jobs::Decision;
+    use aftercart::store::Finish;
+    let sink = SmtpSink::start().await;
+    sink.set_keep_bodies(false);
+    let db = fresh_db_at(None).await;
+    let s = settings(&base_env(&db.url, &sink.url()));
+    let store = store(&s).await;
+    import_many(&store, &s, n * 100 / 180).await;
+    let rows = store.followups(None, None, n as i64).await.unwrap();
+    let engine = engine(s.clone(), store.clone(), Clock::System).await;
+    let now = aftercart::domain::Timestamp::now();
+
+    let per = |t: Duration, k: usize| t.as_secs_f64() * 1e6 / k.max(1) as f64;
+    let start = Instant::now();
+    let mut emails = Vec::new();
+    for r in &rows {
+        if let Decision::Send(p) = engine.decide(&r.order_id, &r.campaign, now).await.unwrap() {
+            emails.push(p.email);
+        }
+    }
+    let t = start.elapsed();
+    println!(
+        "decide (load order + history, rules, picks, render), one at a time: {:.0} µs each, {:.0}/s",
+        per(t, rows.len()),
+        rows.len() as f64 / t.as_secs_f64()
+    );
+
+    // The two database reads inside decide, alone.
+    let start = Instant::now();
+    let mut orders = Vec::new();
+    for r in &rows {
+        orders.push(
+            store
+                .order_context(&r.order_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .order,
+        );
+    }
+    let t = start.elapsed();
+    println!(
+        "  of which order_context (order, items, customer): {:.0} µs each",
+        per(t, rows.len())
+    );
+    let start = Instant::now();
+    for o in &orders {
+        engine.history(o, now).await.unwrap();
+    }
+    let t = start.elapsed();
+    println!(
+        "  of which history (bought, seen, emailed, sent last week): {:.0} µs each",
+        per(t, rows.len())
+    );
+
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in rows.chunks(rows.len().div_ceil(8).max(1)) {
+        let (e, chunk) = (engine.clone(), chunk.to_vec());
+        set.spawn(async move {
+            for r in chunk {
+                e.decide(&r.order_id, &r.campaign, now).await.unwrap();
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let t = start.elapsed();
+    println!(
+        "decide, 8 tasks: {:.0}/s",
+        rows.len() as f64 / t.as_secs_f64()
+    );
+
+    let start = Instant::now();
+    for e in emails.iter().take(500) {
+        aftercart::mail::build_message(e).unwrap().formatted();
+    }
+    let t = start.elapsed();
+    println!(
+        "build + format a MIME message: {:.0} µs each",
+        per(t, emails.len().min(500))
+    );
+
+    let mailer = aftercart::cli::mailer(&s).await.unwrap();
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let emails = std::sync::Arc::new(emails);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..32 {
+        let (m, emails, next) = (mailer.clone(), emails.clone(), next.clone());
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(e) = emails.get(i) else { break };
+                m.send(e).await.unwrap();
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let t = start.elapsed();
+    println!(
+        "SMTP send (32 tasks, pool_size {}): {:.0} msg/s",
+        s.smtp.pool_size,
+        emails.len() as f64 / t.as_secs_f64()
+    );
+
+    let start = Instant::now();
+    let mut done = 0;
+    loop {
+        let now = aftercart::domain::Timestamp::now();
+        let c = store
+            .claim_due("profile", now, now.plus(Duration::from_secs(60)), 32)
+            .await
+            .unwrap();
+        if c.is_empty() {
+            break;
+        }
+        let out: Vec<_> = c
+            .iter()
+            .map(|c| {
+                (
+                    c.id,
+                    Finish::Skipped {
+                        reason: "profile".into(),
+                    },
+                )
+            })
+            .collect();
+        store.finish("profile", &out, now).await.unwrap();
+        done += c.len();
+    }
+    let t = start.elapsed();
+    println!(
+        "ledger alone (claim 32, finish 32 in one transaction): {:.0} rows/s",
+        done as f64 / t.as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
+    if a.profile {
+        profile(a.followups.min(4_000)).await;
+        return;
+    }
     println!("follow-ups drained end to end (due → claimed → rendered → 250 from the SMTP sink)");
     println!("| engine     | workers | follow-ups | sent | skipped | seconds | final/s | sent/s |");
     println!("|---|---|---|---|---|---|---|---|");
