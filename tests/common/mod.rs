@@ -29,14 +29,20 @@ pub struct TestDb {
 }
 
 pub async fn fresh_db() -> TestDb {
-    match std::env::var("AFTERCART_TEST_DATABASE_URL") {
-        Ok(admin) if !admin.is_empty() => {
+    fresh_db_at(std::env::var("AFTERCART_TEST_DATABASE_URL").ok().as_deref()).await
+}
+
+/// A fresh database on the PostgreSQL server of `admin` (a URL to any database there), or
+/// a SQLite file in a temp dir when `admin` is None or empty.
+pub async fn fresh_db_at(admin: Option<&str>) -> TestDb {
+    match admin {
+        Some(admin) if !admin.is_empty() => {
             use sqlx::Connection;
             let name = format!(
                 "aftercart_test_{}",
                 &aftercart::unsubscribe::random_secret()[..16]
             );
-            let mut conn = sqlx::PgConnection::connect(&admin)
+            let mut conn = sqlx::PgConnection::connect(admin)
                 .await
                 .unwrap_or_else(|e| {
                     panic!("AFTERCART_TEST_DATABASE_URL is set but {admin} is unreachable: {e}")
@@ -47,7 +53,7 @@ pub async fn fresh_db() -> TestDb {
                 .execute(&mut conn)
                 .await
                 .expect("create test database");
-            let mut url = url::Url::parse(&admin).expect("AFTERCART_TEST_DATABASE_URL is a URL");
+            let mut url = url::Url::parse(admin).expect("AFTERCART_TEST_DATABASE_URL is a URL");
             url.set_path(&format!("/{name}"));
             TestDb {
                 url: url.to_string(),
@@ -195,4 +201,95 @@ pub async fn clock_at_first_due(store: &Store) -> Clock {
             .unwrap()
             .unwrap_or_else(aftercart::domain::Timestamp::now),
     )
+}
+
+/// Writes `n` orders to `path`: the sample orders over and over, each pass after the first
+/// with its ids suffixed ("O00000001-2"), so a test or benchmark gets as many distinct
+/// orders (and follow-ups) as it needs with realistic contents.
+pub fn write_orders(path: &Path, n: usize) {
+    use std::io::Write;
+    let text = std::fs::read_to_string(sample("orders.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..n {
+        let mut o = lines[i % lines.len()].clone();
+        let pass = i / lines.len();
+        if pass > 0 {
+            let id = format!("{}-{pass}", o["id"].as_str().unwrap());
+            o["id"] = serde_json::Value::from(id);
+        }
+        writeln!(out, "{o}").unwrap();
+    }
+    out.flush().unwrap();
+}
+
+/// Writes the sample customers with every one consenting, so nearly every follow-up is a
+/// send (crash and throughput tests want sends, not consent skips).
+pub fn write_consenting_customers(path: &Path) {
+    let text = std::fs::read_to_string(sample("customers.jsonl")).unwrap();
+    let out: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut c: serde_json::Value = serde_json::from_str(l).unwrap();
+            c["marketing_consent"] = serde_json::Value::Bool(true);
+            c.to_string()
+        })
+        .collect();
+    std::fs::write(path, out.join("\n")).unwrap();
+}
+
+/// The sample catalog and events, all customers consenting, and `n` orders from
+/// [`write_orders`]: every follow-up of an order from the sample's past is due now.
+pub async fn import_many(store: &Store, s: &Settings, n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let customers = dir.path().join("customers.jsonl");
+    let orders = dir.path().join("orders.jsonl");
+    write_consenting_customers(&customers);
+    write_orders(&orders, n);
+    import(store, s, "products", &sample("products.jsonl")).await;
+    import(store, s, "customers", &customers).await;
+    import(store, s, "events", &sample("events.jsonl")).await;
+    import(store, s, "orders", &orders).await;
+}
+
+/// Follow-ups per state (every state present, 0 when none).
+pub async fn states(store: &Store) -> std::collections::BTreeMap<String, i64> {
+    store
+        .status(
+            aftercart::domain::Timestamp::now(),
+            aftercart::domain::Timestamp::now(),
+        )
+        .await
+        .unwrap()
+        .followups
+}
+
+/// Follow-ups not yet in a final state (scheduled, deferred, sending).
+pub async fn unfinished(store: &Store) -> i64 {
+    let s = states(store).await;
+    s["scheduled"] + s["deferred"] + s["sending"]
+}
+
+/// Polls `check` every 50 ms until it holds; false after `timeout`. For waiting on other
+/// processes only: the timeout is a safety net, never the thing under test.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
