@@ -60,7 +60,11 @@ async fn drain(admin: Option<&str>, followups: usize, workers: usize) -> Drain {
     let sink = SmtpSink::start().await;
     sink.set_keep_bodies(false);
     let db = fresh_db_at(admin).await;
-    let env = base_env(&db.url, &sink.url());
+    // AFTERCART__… variables in the bench's environment override the test defaults.
+    let overrides: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AFTERCART__"))
+        .collect();
+    let env = [base_env(&db.url, &sink.url()), overrides].concat();
     let s = settings(&env);
     let store = store(&s).await;
     // ~1.8 follow-ups per sample order (two campaigns; cancelled orders have none).

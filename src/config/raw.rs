@@ -87,7 +87,7 @@ struct RawWorker {
 impl Default for RawWorker {
     fn default() -> Self {
         Self {
-            concurrency: 32,
+            concurrency: 64,
             poll_interval: "100ms".into(),
             batch_size: 256,
             lease: "5m".into(),

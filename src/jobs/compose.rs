@@ -12,9 +12,10 @@ use crate::render::{
     CampaignInfo, CustomerInfo, EmailContext, LiveTemplates, OrderInfo, OrderLine, PickedItem,
     Rendered, StoreInfo,
 };
-use crate::store::{CustomerRow, History, Store, StoreError};
+use crate::store::{CustomerRow, History, OrderContext, Store, StoreError};
 use crate::unsubscribe::Signer;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// Everything a send needs, shared by all of a process's jobs.
@@ -29,6 +30,13 @@ pub struct Engine {
     /// Campaigns with a template error recorded in the store, cleared by their next
     /// good render (kept here so a healthy send costs no extra write).
     pub template_errors: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// What the rules read for a batch: orders by id, histories by customer id.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub orders: HashMap<String, OrderContext>,
+    pub histories: HashMap<String, History>,
 }
 
 /// A follow-up ready to go out.
@@ -135,6 +143,49 @@ impl Engine {
         campaign_name: &str,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
+        let loaded = self.load(&[order_id], now).await?;
+        let ctx = loaded.orders.get(order_id);
+        let history = ctx.and_then(|c| loaded.histories.get(c.order.customer_id.as_str()));
+        self.decide_loaded(campaign_name, ctx, history, now).await
+    }
+
+    /// Reads what the rules need for a batch of follow-ups in a handful of queries:
+    /// the orders with their customers, and the history of each customer who may be
+    /// emailed at all.
+    pub async fn load(&self, order_ids: &[&str], now: Timestamp) -> Result<Loaded, StoreError> {
+        let orders = self.store.order_contexts(order_ids).await?;
+        let mut eligible: Vec<&str> = orders
+            .values()
+            .filter_map(|c| c.customer.as_ref())
+            .filter(|c| c.customer.marketing_consent && !c.unsubscribed && !c.suppressed)
+            .map(|c| c.customer.id.as_str())
+            .collect();
+        eligible.sort_unstable();
+        eligible.dedup();
+        let histories = if eligible.is_empty() {
+            HashMap::new()
+        } else {
+            let l = &self.settings.limits;
+            self.store
+                .histories(
+                    &eligible,
+                    now,
+                    now.minus(l.seen_on_site_window),
+                    now.minus(l.repeat_window),
+                )
+                .await?
+        };
+        Ok(Loaded { orders, histories })
+    }
+
+    /// The rules for one follow-up whose order and customer history are already read.
+    pub async fn decide_loaded(
+        &self,
+        campaign_name: &str,
+        ctx: Option<&OrderContext>,
+        history: Option<&History>,
+        now: Timestamp,
+    ) -> Result<Decision, StoreError> {
         let Some(campaign) = self
             .settings
             .campaign(crate::campaign::base_name(campaign_name))
@@ -144,13 +195,13 @@ impl Engine {
         if !campaign.enabled {
             return Ok(Decision::Skip("campaign_disabled"));
         }
-        let Some(ctx) = self.store.order_context(order_id).await? else {
+        let Some(ctx) = ctx else {
             return Ok(Decision::Skip("order_missing"));
         };
         if ctx.order.status.is_void() {
             return Ok(Decision::Skip("order_cancelled"));
         }
-        let Some(customer) = ctx.customer else {
+        let Some(customer) = &ctx.customer else {
             return Ok(Decision::Skip("unknown_customer"));
         };
         if !customer.customer.marketing_consent {
@@ -163,11 +214,11 @@ impl Engine {
             return Ok(Decision::Skip("suppressed"));
         }
         if let Some(q) = &self.settings.limits.quiet_hours
-            && let Some(until) = quiet_until(q, self.customer_tz(&customer), now)
+            && let Some(until) = quiet_until(q, self.customer_tz(customer), now)
         {
             return Ok(Decision::Defer(until));
         }
-        let history = self.history(&ctx.order, now).await?;
+        let history = history.cloned().unwrap_or_default();
         if let Some(free) = cap_frees_at(
             &history.sent_last_week,
             self.settings.limits.max_emails_per_customer_per_week,
@@ -183,9 +234,33 @@ impl Engine {
             return Ok(Decision::Skip("nothing_to_recommend"));
         }
         Ok(
-            match self.compose(&ctx.order, &customer, campaign, campaign_name, picks) {
-                Ok(p) => Decision::Send(Box::new(p)),
-                Err(problem) => Decision::TemplateError(problem),
+            match self.compose(&ctx.order, customer, campaign, campaign_name, picks) {
+                Ok(p) => {
+                    let was_flagged = self
+                        .template_errors
+                        .lock()
+                        .map(|mut f| f.remove(campaign.name.as_str()))
+                        .unwrap_or(false);
+                    if was_flagged {
+                        self.store
+                            .set_template_error(campaign.name.as_str(), None, now)
+                            .await?;
+                    }
+                    Decision::Send(Box::new(p))
+                }
+                Err(problem) => {
+                    self.store
+                        .set_template_error(
+                            campaign.name.as_str(),
+                            Some(&problem),
+                            Timestamp::now(),
+                        )
+                        .await?;
+                    if let Ok(mut f) = self.template_errors.lock() {
+                        f.insert(campaign.name.to_string());
+                    }
+                    Decision::TemplateError(problem)
+                }
             },
         )
     }

@@ -8,5 +8,5 @@ pub mod policy;
 mod worker;
 
 pub use clock::Clock;
-pub use compose::{Decision, Engine, Prepared, load_model, message_id, watch_templates};
+pub use compose::{Decision, Engine, Loaded, Prepared, load_model, message_id, watch_templates};
 pub use worker::{RunOptions, RunSummary, Worker};

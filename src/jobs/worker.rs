@@ -10,7 +10,7 @@ use super::compose::{Decision, Engine};
 use super::policy::backoff;
 use crate::domain::Timestamp;
 use crate::mail::{Mailer, SendError};
-use crate::store::{Claimed, Finish, FollowupState, StoreError};
+use crate::store::{Claimed, Finish, FollowupState, History, OrderContext, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,10 +142,18 @@ impl Worker {
                 _ = &mut shutdown => { stopping = true; break; }
             };
             let mut held = vec![first];
-            while held.len() < s.batch_size {
-                match Arc::clone(&permits).try_acquire_owned() {
-                    Ok(p) => held.push(p),
-                    Err(_) => break,
+            let want = s.batch_size.min(s.concurrency);
+            for round in 0..2 {
+                while held.len() < want {
+                    match Arc::clone(&permits).try_acquire_owned() {
+                        Ok(p) => held.push(p),
+                        Err(_) => break,
+                    }
+                }
+                // Under load permits come back one by one; a moment's wait keeps
+                // batches (and their shared reads) large.
+                if round == 0 && held.len() < want / 2 && !tasks.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
             let now = e.clock.now();
@@ -187,8 +195,17 @@ impl Worker {
                 continue;
             }
             held.truncate(claimed.len());
-            // One task per customer, in order: the weekly cap sees each send of the
-            // batch before deciding the next.
+            // One read for the whole batch; a failed read hands the rows back soon.
+            let ids: Vec<&str> = claimed.iter().map(|c| c.order_id.as_str()).collect();
+            let mut loaded = match e.load(&ids, now).await {
+                Ok(l) => Some(l),
+                Err(err) => {
+                    warn!(error = %err, "could not read the batch; retrying later");
+                    None
+                }
+            };
+            // One task per customer, in order: the weekly cap and the repeat rule see
+            // each send of the batch before deciding the next.
             let mut by_customer: BTreeMap<
                 String,
                 Vec<(Claimed, tokio::sync::OwnedSemaphorePermit)>,
@@ -199,17 +216,29 @@ impl Worker {
                     .or_default()
                     .push((c, p));
             }
-            for (_, rows) in by_customer {
+            for (customer, rows) in by_customer {
                 let (engine, mailer, tx, counters) = (
                     e.clone(),
                     Arc::clone(&self.mailer),
                     ledger_tx.clone(),
                     Arc::clone(&counters),
                 );
+                let batch = loaded.as_mut().map(|l| {
+                    let history = l.histories.remove(&customer);
+                    let orders: Vec<Option<OrderContext>> = rows
+                        .iter()
+                        .map(|(c, _)| l.orders.get(&c.order_id).cloned())
+                        .collect();
+                    (history, orders)
+                });
                 tasks.spawn(async move {
-                    for (c, permit) in rows {
+                    let (mut history, orders) = match batch {
+                        Some((h, o)) => (h, o.into_iter().map(Some).collect()),
+                        None => (None, rows.iter().map(|_| None).collect::<Vec<_>>()),
+                    };
+                    for ((c, permit), ctx) in rows.into_iter().zip(orders) {
                         let span = info_span!("followup", id = c.id, order_id = %c.order_id, campaign = %c.campaign, attempt = c.attempts);
-                        process(&engine, &mailer, &tx, &counters, c).instrument(span).await;
+                        process(&engine, &mailer, &tx, &counters, c, ctx, &mut history).instrument(span).await;
                         drop(permit);
                     }
                 });
@@ -249,16 +278,28 @@ impl Worker {
 }
 
 /// One follow-up, claimed: decide, send, record. Waits until the outcome is committed.
+///
+/// `ctx` is None when the batch read failed (the row is retried), `Some(None)` when the
+/// order does not exist. A send is noted in `history` for the customer's next row.
 async fn process(
     e: &Engine,
     mailer: &Mailer,
     tx: &mpsc::Sender<(i64, Finish, Ack)>,
     counters: &Counters,
     c: Claimed,
+    ctx: Option<Option<OrderContext>>,
+    history: &mut Option<History>,
 ) {
     let now = e.clock.now();
     let smtp = &e.settings.smtp;
-    let finish = match e.decide(&c.order_id, &c.campaign, now).await {
+    let decision = match &ctx {
+        Some(ctx) => {
+            e.decide_loaded(&c.campaign, ctx.as_ref(), history.as_ref(), now)
+                .await
+        }
+        None => Err(StoreError::Corrupt("batch read failed".into())),
+    };
+    let finish = match decision {
         Err(err) => {
             warn!(error = %err, "could not load the follow-up; retrying later");
             counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -303,11 +344,16 @@ async fn process(
             match mailer.send(&p.email).await {
                 Ok(reply) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
+                    let at = e.clock.now();
+                    let h = history.get_or_insert_with(History::default);
+                    h.sent_last_week.push(at);
+                    h.emailed_recently
+                        .extend(p.picks.iter().map(|i| i.product_id.clone()));
                     Finish::Sent {
                         message_id: p.email.message_id.clone(),
                         reply,
                         items,
-                        at: e.clock.now(),
+                        at,
                     }
                 }
                 Err(SendError::Permanent { reply }) => {

@@ -9,7 +9,7 @@ use crate::domain::{
 };
 use serde_json::json;
 use sqlx::Row;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// What an order import did besides storing the orders.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -104,9 +104,39 @@ const CANCEL_SQLITE: &str = "UPDATE followups SET state = 'skipped', reason = 'o
 const CANCEL_PG: &str = "UPDATE followups SET state = 'skipped', reason = 'order_cancelled', next_at = NULL, updated_at = $2
  WHERE order_id IN (SELECT jsonb_array_elements_text($1::jsonb)) AND state IN ('scheduled', 'deferred')";
 
+// Batch reads: the ids arrive as one JSON array parameter, so the SQL stays fixed.
+const ORDERS_BY_ID_SQLITE: &str =
+    "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items
+ FROM orders WHERE id IN (SELECT value FROM json_each($1))";
+const ORDERS_BY_ID_PG: &str =
+    "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items
+ FROM orders WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))";
+const CUSTOMERS_BY_ID_SQLITE: &str =
+    "SELECT c.id, c.email, c.name, c.timezone, c.locale, c.marketing_consent, c.unsubscribed_at,
+ (SELECT COUNT(*) FROM suppressions s WHERE s.email = lower(c.email)) AS suppressed
+ FROM customers c WHERE c.id IN (SELECT value FROM json_each($1))";
+const CUSTOMERS_BY_ID_PG: &str =
+    "SELECT c.id, c.email, c.name, c.timezone, c.locale, c.marketing_consent, c.unsubscribed_at,
+ (SELECT COUNT(*) FROM suppressions s WHERE s.email = lower(c.email)) AS suppressed
+ FROM customers c WHERE c.id IN (SELECT jsonb_array_elements_text($1::jsonb))";
+const BOUGHT_SQLITE: &str =
+    "SELECT customer_id, items FROM orders WHERE customer_id IN (SELECT value FROM json_each($1))
+ AND created_at <= $2 AND status NOT IN ('cancelled', 'refunded')";
+const BOUGHT_PG: &str = "SELECT customer_id, items FROM orders WHERE customer_id IN (SELECT jsonb_array_elements_text($1::jsonb))
+ AND created_at <= $2 AND status NOT IN ('cancelled', 'refunded')";
+const SEEN_SQLITE: &str = "SELECT DISTINCT customer_id, product_id FROM events WHERE customer_id IN (SELECT value FROM json_each($1))
+ AND at >= $2 AND at <= $3";
+const SEEN_PG: &str = "SELECT DISTINCT customer_id, product_id FROM events WHERE customer_id IN (SELECT jsonb_array_elements_text($1::jsonb))
+ AND at >= $2 AND at <= $3";
+const SENT_SQLITE: &str = "SELECT customer_id, items, sent_at FROM followups WHERE customer_id IN (SELECT value FROM json_each($1))
+ AND sent_at IS NOT NULL AND sent_at >= $2 AND state = 'sent'";
+const SENT_PG: &str = "SELECT customer_id, items, sent_at FROM followups WHERE customer_id IN (SELECT jsonb_array_elements_text($1::jsonb))
+ AND sent_at IS NOT NULL AND sent_at >= $2 AND state = 'sent'";
+
 impl Store {
     async fn bulk(&self, sqlite: &str, pg: &str, rows: serde_json::Value) -> Result<u64> {
         let text = rows.to_string();
+        let _turn = self.write_turn().await;
         let done = with_db!(&self.db, p => {
             let sql = if matches!(self.db, Db::Sqlite(_)) { sqlite } else { pg };
             sqlx::query(sql).bind(text).execute(p).await?.rows_affected()
@@ -197,6 +227,7 @@ impl Store {
             );
             let is_sqlite = matches!(self.db, Db::Sqlite(_));
             let pick = |a: &'static str, b: &'static str| if is_sqlite { a } else { b };
+            let _turn = self.write_turn().await;
             // One transaction per chunk: an order and its follow-ups are stored together.
             let (scheduled, cancelled) = with_db!(&self.db, p => {
                 let mut tx = p.begin().await?;
@@ -277,34 +308,11 @@ impl Store {
     }
 
     pub async fn customer(&self, id: &str) -> Result<Option<CustomerRow>> {
-        let sql = "SELECT c.id, c.email, c.name, c.timezone, c.locale, c.marketing_consent, c.unsubscribed_at,
-                          (SELECT COUNT(*) FROM suppressions s WHERE s.email = c.email) AS suppressed
-                   FROM customers c WHERE c.id = $1";
-        with_db!(&self.db, p => {
-            let row = sqlx::query(sql).bind(id).fetch_optional(p).await?;
-            row.map(|r| -> Result<CustomerRow> {
-                Ok(CustomerRow {
-                    customer: Customer {
-                        id: CustomerId::parse(&r.try_get::<String, _>("id")?).map_err(StoreError::Corrupt)?,
-                        email: EmailAddress::parse(&r.try_get::<String, _>("email")?).map_err(StoreError::Corrupt)?,
-                        name: r.try_get("name")?,
-                        timezone: r.try_get("timezone")?,
-                        locale: r.try_get("locale")?,
-                        marketing_consent: r.try_get("marketing_consent")?,
-                    },
-                    unsubscribed: r.try_get::<Option<i64>, _>("unsubscribed_at")?.is_some(),
-                    suppressed: r.try_get::<i64, _>("suppressed")? > 0,
-                })
-            }).transpose()
-        })
+        Ok(self.customers(&[id]).await?.remove(id))
     }
 
     pub async fn order_context(&self, order_id: &str) -> Result<Option<OrderContext>> {
-        let Some(order) = self.order(order_id).await? else {
-            return Ok(None);
-        };
-        let customer = self.customer(order.customer_id.as_str()).await?;
-        Ok(Some(OrderContext { order, customer }))
+        Ok(self.order_contexts(&[order_id]).await?.remove(order_id))
     }
 
     /// The customer's purchases, on-site views and emails as of `now`.
@@ -315,36 +323,111 @@ impl Store {
         seen_since: Timestamp,
         emailed_since: Timestamp,
     ) -> Result<History> {
+        let mut all = self
+            .histories(&[customer.as_str()], now, seen_since, emailed_since)
+            .await?;
+        Ok(all.remove(customer.as_str()).unwrap_or_default())
+    }
+
+    /// `history` for many customers in three queries (a worker's claimed batch).
+    pub async fn histories(
+        &self,
+        customers: &[&str],
+        now: Timestamp,
+        seen_since: Timestamp,
+        emailed_since: Timestamp,
+    ) -> Result<HashMap<String, History>> {
         let week_ago = Timestamp(now.0 - 7 * 86_400_000);
+        let ids =
+            serde_json::to_string(customers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sqlite = matches!(self.db, Db::Sqlite(_));
+        let pick = |a: &'static str, b: &'static str| if sqlite { a } else { b };
+        let mut out: HashMap<String, History> = customers
+            .iter()
+            .map(|c| (c.to_string(), History::default()))
+            .collect();
         with_db!(&self.db, p => {
-            let mut h = History::default();
-            let bought: Vec<String> = sqlx::query_scalar(
-                "SELECT items FROM orders WHERE customer_id = $1 AND created_at <= $2 AND status NOT IN ('cancelled', 'refunded')")
-                .bind(customer.as_str()).bind(now.0).fetch_all(p).await?;
-            for items in bought {
-                for i in json_col::<Vec<OrderItem>>(items)? {
+            let bought = sqlx::query(pick(BOUGHT_SQLITE, BOUGHT_PG)).bind(&ids).bind(now.0).fetch_all(p).await?;
+            for r in bought {
+                let h = out.entry(r.try_get("customer_id")?).or_default();
+                for i in json_col::<Vec<OrderItem>>(r.try_get("items")?)? {
                     h.bought_before.insert(i.product_id);
                 }
             }
-            let seen: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT product_id FROM events WHERE customer_id = $1 AND at >= $2 AND at <= $3")
-                .bind(customer.as_str()).bind(seen_since.0).bind(now.0).fetch_all(p).await?;
-            h.seen_on_site = seen.iter().filter_map(|s| ProductId::parse(s).ok()).collect();
-            let sent = sqlx::query(
-                "SELECT items, sent_at FROM followups WHERE customer_id = $1 AND sent_at IS NOT NULL AND sent_at >= $2 AND state = 'sent'")
-                .bind(customer.as_str()).bind(emailed_since.0.min(week_ago.0)).fetch_all(p).await?;
+            let seen = sqlx::query(pick(SEEN_SQLITE, SEEN_PG)).bind(&ids).bind(seen_since.0).bind(now.0).fetch_all(p).await?;
+            for r in seen {
+                if let Ok(pid) = ProductId::parse(&r.try_get::<String, _>("product_id")?) {
+                    out.entry(r.try_get("customer_id")?).or_default().seen_on_site.insert(pid);
+                }
+            }
+            let sent = sqlx::query(pick(SENT_SQLITE, SENT_PG)).bind(&ids).bind(emailed_since.0.min(week_ago.0)).fetch_all(p).await?;
             for r in sent {
+                let h = out.entry(r.try_get("customer_id")?).or_default();
                 let at: i64 = r.try_get("sent_at")?;
                 if at >= emailed_since.0
                     && let Some(items) = r.try_get::<Option<String>, _>("items")?
                 {
-                        h.emailed_recently.extend(json_col::<Vec<String>>(items)?.iter().filter_map(|s| ProductId::parse(s).ok()));
+                    h.emailed_recently.extend(json_col::<Vec<String>>(items)?.iter().filter_map(|s| ProductId::parse(s).ok()));
                 }
                 if at > week_ago.0 && at <= now.0 {
                     h.sent_last_week.push(Timestamp(at));
                 }
             }
-            Ok(h)
+            Ok(out)
+        })
+    }
+
+    /// Orders with their customers (consent, unsubscribe, suppression) in two queries.
+    pub async fn order_contexts(
+        &self,
+        order_ids: &[&str],
+    ) -> Result<HashMap<String, OrderContext>> {
+        let ids =
+            serde_json::to_string(order_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sqlite = matches!(self.db, Db::Sqlite(_));
+        let pick = |a: &'static str, b: &'static str| if sqlite { a } else { b };
+        let orders: Vec<Order> = with_db!(&self.db, p => {
+            let rows = sqlx::query(pick(ORDERS_BY_ID_SQLITE, ORDERS_BY_ID_PG)).bind(&ids).fetch_all(p).await?;
+            rows.iter().map(order_from_row).collect::<Result<Vec<_>>>()?
+        });
+        let customer_ids: Vec<&str> = orders.iter().map(|o| o.customer_id.as_str()).collect();
+        let customers = self.customers(&customer_ids).await?;
+        Ok(orders
+            .into_iter()
+            .map(|order| {
+                let customer = customers.get(order.customer_id.as_str()).cloned();
+                (order.id.to_string(), OrderContext { order, customer })
+            })
+            .collect())
+    }
+
+    async fn customers(&self, ids: &[&str]) -> Result<HashMap<String, CustomerRow>> {
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sqlite = matches!(self.db, Db::Sqlite(_));
+        let sql = if sqlite {
+            CUSTOMERS_BY_ID_SQLITE
+        } else {
+            CUSTOMERS_BY_ID_PG
+        };
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).bind(&ids).fetch_all(p).await?;
+            let mut out = HashMap::with_capacity(rows.len());
+            for r in rows {
+                let row = CustomerRow {
+                    customer: Customer {
+                        id: CustomerId::parse(&r.try_get::<String, _>("id")?).map_err(StoreError::Corrupt)?,
+                        email: EmailAddress::parse(&r.try_get::<String, _>("email")?).map_err(StoreError::Corrupt)?,
+                        name: r.try_get("name")?,
+                        timezone: r.try_get("timezone")?,
+                        locale: r.try_get("locale")?,
+                        marketing_consent: r.try_get("marketing_consent")?,
+                    },
+                    unsubscribed: r.try_get::<Option<i64>, _>("unsubscribed_at")?.is_some(),
+                    suppressed: r.try_get::<i64, _>("suppressed")? > 0,
+                };
+                out.insert(row.customer.id.to_string(), row);
+            }
+            Ok(out)
         })
     }
 

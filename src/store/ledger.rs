@@ -10,7 +10,7 @@
 //! Only the lease owner may finish a row (`finish` checks it), so a worker whose lease
 //! was taken over cannot overwrite the new owner's outcome.
 
-use super::{Db, Result, Store, StoreError, with_db};
+use super::{Db, Result, Store, with_db};
 use crate::domain::{Order, Timestamp, Trigger};
 use sqlx::Row;
 use std::time::Duration;
@@ -142,14 +142,23 @@ const CLAIM_PG: &str = "UPDATE followups f SET state = 'sending', lease_owner = 
  WHERE f.id = c.id
  RETURNING f.id, f.order_id, f.campaign, f.customer_id, f.due_at, f.attempts";
 
-const FINISH_SENT: &str = "UPDATE followups SET state = 'sent', reason = NULL, message_id = $3, smtp_reply = $4, items = $5, sent_at = $6,
- next_at = NULL, lease_owner = NULL, updated_at = $7 WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
-const FINISH_SKIPPED: &str = "UPDATE followups SET state = 'skipped', reason = $3, next_at = NULL, lease_owner = NULL, updated_at = $4
- WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
-const FINISH_FAILED: &str = "UPDATE followups SET state = 'failed', smtp_reply = $3, next_at = NULL, lease_owner = NULL, updated_at = $4
- WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
-const FINISH_RETRY: &str = "UPDATE followups SET state = $3, next_at = $4, smtp_reply = COALESCE($5, smtp_reply), lease_owner = NULL,
- updated_at = $6, attempts = attempts - $7 WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
+// Every outcome of a batch in one statement: the rows arrive as one JSON array, so the
+// SQL stays fixed. Only the lease owner may finish a row still in `sending`.
+const FINISH_SQLITE: &str = "UPDATE followups SET state = j.state, reason = j.reason,
+   message_id = COALESCE(j.message_id, followups.message_id), smtp_reply = COALESCE(j.smtp_reply, followups.smtp_reply),
+   items = COALESCE(j.items, followups.items), sent_at = COALESCE(j.sent_at, followups.sent_at), next_at = j.next_at,
+   attempts = followups.attempts - j.refund, lease_owner = NULL, updated_at = $3
+ FROM (SELECT value->>'id' AS id, value->>'state' AS state, value->>'reason' AS reason, value->>'message_id' AS message_id,
+              value->>'smtp_reply' AS smtp_reply, value->>'items' AS items, value->>'sent_at' AS sent_at,
+              value->>'next_at' AS next_at, value->>'refund' AS refund FROM json_each($1)) AS j
+ WHERE followups.id = j.id AND followups.lease_owner = $2 AND followups.state = 'sending'";
+const FINISH_PG: &str = "UPDATE followups SET state = j.state, reason = j.reason,
+   message_id = COALESCE(j.message_id, followups.message_id), smtp_reply = COALESCE(j.smtp_reply, followups.smtp_reply),
+   items = COALESCE(j.items, followups.items), sent_at = COALESCE(j.sent_at, followups.sent_at), next_at = j.next_at,
+   attempts = followups.attempts - j.refund, lease_owner = NULL, updated_at = $3
+ FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, state text, reason text, message_id text, smtp_reply text, items text,
+   sent_at bigint, next_at bigint, refund bigint)
+ WHERE followups.id = j.id AND followups.lease_owner = $2 AND followups.state = 'sending'";
 
 impl Store {
     /// Takes up to `limit` due rows (due, deferred and retry times passed, or leases run
@@ -166,6 +175,7 @@ impl Store {
         } else {
             CLAIM_PG
         };
+        let _turn = self.write_turn().await;
         with_db!(&self.db, p => {
             let rows = sqlx::query(sql).bind(owner).bind(lease_until.0).bind(now.0).bind(limit as i64).fetch_all(p).await?;
             let mut out = rows.iter().map(|r| -> Result<Claimed> {
@@ -183,7 +193,7 @@ impl Store {
         })
     }
 
-    /// Records outcomes in one transaction. Returns how many rows this owner still held
+    /// Records outcomes in one statement. Returns how many rows this owner still held
     /// (a row whose lease was taken over is left to its new owner).
     pub async fn finish(
         &self,
@@ -191,32 +201,36 @@ impl Store {
         outcomes: &[(i64, Finish)],
         now: Timestamp,
     ) -> Result<u64> {
-        with_db!(&self.db, p => {
-            let mut tx = p.begin().await?;
-            let mut n = 0;
-            for (id, f) in outcomes {
-                let q = match f {
-                    Finish::Sent { message_id, reply, items, at } => sqlx::query(FINISH_SENT)
-                        .bind(id).bind(owner).bind(message_id).bind(reply)
-                        .bind(serde_json::to_string(items).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-                        .bind(at.0).bind(now.0),
-                    Finish::Skipped { reason } => sqlx::query(FINISH_SKIPPED).bind(id).bind(owner).bind(reason).bind(now.0),
-                    Finish::Failed { reply } => sqlx::query(FINISH_FAILED).bind(id).bind(owner).bind(reply).bind(now.0),
-                    Finish::Retry { next_at, reply, state, smtp_attempt } => sqlx::query(FINISH_RETRY)
-                        .bind(id).bind(owner).bind(state.as_str())
-                        .bind(next_at.0).bind(reply.clone()).bind(now.0).bind(if *smtp_attempt { 0i64 } else { 1i64 }),
-                };
-                n += q.execute(&mut *tx).await?.rows_affected();
-            }
-            tx.commit().await?;
-            Ok(n)
-        })
+        let rows: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|(id, f)| match f {
+                Finish::Sent { message_id, reply, items, at } => serde_json::json!({
+                    "id": id, "state": "sent", "message_id": message_id, "smtp_reply": reply,
+                    "items": serde_json::to_string(items).unwrap_or_default(), "sent_at": at.0, "refund": 0,
+                }),
+                Finish::Skipped { reason } => serde_json::json!({"id": id, "state": "skipped", "reason": reason, "refund": 0}),
+                Finish::Failed { reply } => serde_json::json!({"id": id, "state": "failed", "smtp_reply": reply, "refund": 0}),
+                Finish::Retry { next_at, reply, state, smtp_attempt } => serde_json::json!({
+                    "id": id, "state": state.as_str(), "smtp_reply": reply, "next_at": next_at.0,
+                    "refund": if *smtp_attempt { 0 } else { 1 },
+                }),
+            })
+            .collect();
+        let json = serde_json::Value::from(rows).to_string();
+        let sql = if matches!(self.db, Db::Sqlite(_)) {
+            FINISH_SQLITE
+        } else {
+            FINISH_PG
+        };
+        let _turn = self.write_turn().await;
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(&json).bind(owner).bind(now.0).execute(p).await?.rows_affected()))
     }
 
     /// Hands rows this worker holds back to the queue at once (graceful shutdown).
     pub async fn release(&self, owner: &str, now: Timestamp) -> Result<u64> {
         let sql = "UPDATE followups SET state = 'scheduled', next_at = $2, attempts = attempts - 1, lease_owner = NULL, updated_at = $2
                    WHERE lease_owner = $1 AND state = 'sending'";
+        let _turn = self.write_turn().await;
         with_db!(&self.db, p => Ok(sqlx::query(sql).bind(owner).bind(now.0).execute(p).await?.rows_affected()))
     }
 

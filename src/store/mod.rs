@@ -56,6 +56,10 @@ static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgre
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) db: Db,
+    /// SQLite allows one writer at a time; a second one waits in SQLite's busy handler,
+    /// which sleeps in millisecond steps. Queuing this process's writes here instead
+    /// keeps the claim → send → record pipeline moving. (PostgreSQL needs no gate.)
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -82,7 +86,8 @@ impl Store {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30))
                 .pragma("cache_size", "-65536")
-                .pragma("temp_store", "memory");
+                .pragma("temp_store", "memory")
+                .pragma("mmap_size", "268435456");
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(60))
@@ -91,6 +96,7 @@ impl Store {
                 .map_err(err)?;
             Ok(Store {
                 db: Db::Sqlite(pool),
+                write_gate: Default::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(err)?;
@@ -102,6 +108,7 @@ impl Store {
                 .map_err(err)?;
             Ok(Store {
                 db: Db::Postgres(pool),
+                write_gate: Default::default(),
             })
         } else {
             Err(StoreError::BadUrl(url.to_owned()))
@@ -115,6 +122,14 @@ impl Store {
             Db::Postgres(p) => PG_MIGRATOR.run(p).await?,
         }
         Ok(())
+    }
+
+    /// Held for the duration of a write on SQLite; free on PostgreSQL.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.db {
+            Db::Sqlite(_) => Some(self.write_gate.lock().await),
+            Db::Postgres(_) => None,
+        }
     }
 
     pub fn engine(&self) -> &'static str {
