@@ -60,7 +60,6 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
         templates,
         signer: Signer::new(&secret),
         clock,
-        template_errors: Default::default(),
     })
 }
 

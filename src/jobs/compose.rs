@@ -27,9 +27,6 @@ pub struct Engine {
     pub templates: LiveTemplates,
     pub signer: Signer,
     pub clock: Clock,
-    /// Campaigns with a template error recorded in the store, cleared by their next
-    /// good render (kept here so a healthy send costs no extra write).
-    pub template_errors: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// What the rules read for a batch: orders by id, histories by customer id.
@@ -235,32 +232,9 @@ impl Engine {
         }
         Ok(
             match self.compose(&ctx.order, customer, campaign, campaign_name, picks) {
-                Ok(p) => {
-                    let was_flagged = self
-                        .template_errors
-                        .lock()
-                        .map(|mut f| f.remove(campaign.name.as_str()))
-                        .unwrap_or(false);
-                    if was_flagged {
-                        self.store
-                            .set_template_error(campaign.name.as_str(), None, now)
-                            .await?;
-                    }
-                    Decision::Send(Box::new(p))
-                }
-                Err(problem) => {
-                    self.store
-                        .set_template_error(
-                            campaign.name.as_str(),
-                            Some(&problem),
-                            Timestamp::now(),
-                        )
-                        .await?;
-                    if let Ok(mut f) = self.template_errors.lock() {
-                        f.insert(campaign.name.to_string());
-                    }
-                    Decision::TemplateError(problem)
-                }
+                Ok(p) => Decision::Send(Box::new(p)),
+                // Recorded on the row (`template error: …`), which `status` reports.
+                Err(problem) => Decision::TemplateError(problem),
             },
         )
     }

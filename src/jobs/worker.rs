@@ -327,10 +327,6 @@ async fn process(
         }
         Ok(Decision::TemplateError(problem)) => {
             warn!(%problem, "template error: nothing sent, follow-up kept");
-            let _ = e
-                .store
-                .set_template_error(&c.campaign, Some(&problem), Timestamp::now())
-                .await;
             counters.retried.fetch_add(1, Ordering::Relaxed);
             Finish::Retry {
                 next_at: now.plus(Duration::from_secs(60)),

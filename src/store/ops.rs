@@ -62,6 +62,13 @@ impl Store {
             for r in sqlx::query("SELECT campaign, problem FROM template_errors ORDER BY campaign").fetch_all(p).await? {
                 template_errors.insert(r.try_get("campaign")?, r.try_get("problem")?);
             }
+            // Follow-ups held back by a template that failed to render for them.
+            let held = "SELECT campaign, MIN(smtp_reply) AS problem, COUNT(*) AS n FROM followups
+                        WHERE state = 'scheduled' AND smtp_reply LIKE 'template error:%' GROUP BY campaign";
+            for r in sqlx::query(held).fetch_all(p).await? {
+                let (problem, n): (String, i64) = (r.try_get("problem")?, r.try_get("n")?);
+                template_errors.insert(r.try_get("campaign")?, format!("{problem} ({n} follow-up(s) waiting)"));
+            }
             Ok(StatusReport { followups, skipped_by_reason, sent_last_24h, next_due: next_due.map(Timestamp), workers, template_errors })
         })
     }
