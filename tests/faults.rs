@@ -284,3 +284,56 @@ async fn the_last_attempt_fails_with_its_reply_and_an_operator_can_requeue_faile
     assert_all_final(&end);
     assert!(end.iter().all(|r| r.state != "failed"));
 }
+
+/// `smtp.rate_limit` is shared through the database: two workers together stay under
+/// it. (A lower bound on spacing: load can only make the run slower.)
+#[tokio::test]
+async fn the_smtp_rate_limit_holds_across_workers() {
+    let sink = SmtpSink::start().await;
+    let db = fresh_db().await;
+    let rate = 25;
+    let s = settings(&with(
+        base_env(&db.url, &sink.url()),
+        &[("AFTERCART__SMTP__RATE_LIMIT", "25")],
+    ));
+    let store = store(&s).await;
+    import_sample(&store, &s, Some(60)).await;
+    let mut runs = Vec::new();
+    for i in 0..2 {
+        let e = engine(s.clone(), store.clone(), Clock::System).await;
+        let mailer = aftercart::cli::mailer(&s).await.unwrap();
+        let mut opts = RunOptions::new(true);
+        opts.name = format!("rate-{i}-{}", opts.name);
+        runs.push(tokio::spawn(
+            Worker::new(e, mailer, opts).run(std::future::pending()),
+        ));
+    }
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    let mut at: Vec<_> = sink.received().iter().map(|r| r.at).collect();
+    at.sort();
+    assert!(
+        at.len() > 2 * rate,
+        "enough messages to see the limit: {}",
+        at.len()
+    );
+    // Slots are spaced exactly; delivery adds a little jitter, so a window may catch a
+    // late message next to an on-time one, never a burst.
+    for (i, t) in at.iter().enumerate() {
+        let within = at[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < std::time::Duration::from_secs(1))
+            .count();
+        assert!(
+            within <= rate + rate / 5 + 1,
+            "{within} messages within one second"
+        );
+    }
+    let span = at.last().unwrap().duration_since(at[0]).as_secs_f64();
+    assert!(
+        span >= (at.len() - 1) as f64 / rate as f64 * 0.95,
+        "{} messages in {span:.2}s",
+        at.len()
+    );
+}

@@ -337,6 +337,9 @@ async fn process(
         }
         Ok(Decision::Send(p)) => {
             let items: Vec<String> = p.picks.iter().map(|i| i.product_id.to_string()).collect();
+            if smtp.rate_limit > 0 {
+                wait_for_send_slot(e).await;
+            }
             match mailer.send(&p.email).await {
                 Ok(reply) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -433,4 +436,31 @@ fn spawn_model_rebuilds(e: Engine) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// Waits for this message's slot under `smtp.rate_limit` (messages per second for the
+/// SMTP server, shared through the database by every worker). Real time, not the
+/// worker's clock: the limit protects a real server.
+async fn wait_for_send_slot(e: &Engine) {
+    let smtp = &e.settings.smtp;
+    let interval_ms = (1000 / i64::from(smtp.rate_limit)).max(1);
+    let server = crate::store::redact(&smtp.url);
+    match e
+        .store
+        .reserve_send_slot(&server, interval_ms, Timestamp::now())
+        .await
+    {
+        Ok(at) => {
+            let wait = at.0 - Timestamp::now().0;
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
+        }
+        // Sending without a reservation would break the promise to the server; a short
+        // pause and the send goes on rather than failing the follow-up.
+        Err(err) => {
+            warn!(error = %err, "rate limit reservation failed; pausing");
+            tokio::time::sleep(Duration::from_millis(interval_ms as u64)).await;
+        }
+    }
 }

@@ -32,7 +32,33 @@ pub struct SuppressionRow {
     pub created_at: Timestamp,
 }
 
+const RESERVE_SQLITE: &str = "INSERT INTO smtp_rate (server, tat) VALUES ($1, $2 + $3)
+ ON CONFLICT (server) DO UPDATE SET tat = MAX(smtp_rate.tat, $2) + $3 RETURNING tat";
+const RESERVE_PG: &str = "INSERT INTO smtp_rate (server, tat) VALUES ($1, $2 + $3)
+ ON CONFLICT (server) DO UPDATE SET tat = GREATEST(smtp_rate.tat, $2) + $3 RETURNING tat";
+
 impl Store {
+    /// Reserves the next send slot on `server` for a limit of one message per
+    /// `interval_ms`, shared by every worker on this database. Returns when the message
+    /// may go (at or after `now`).
+    pub async fn reserve_send_slot(
+        &self,
+        server: &str,
+        interval_ms: i64,
+        now: Timestamp,
+    ) -> Result<Timestamp> {
+        let sql = if matches!(self.db, crate::store::Db::Sqlite(_)) {
+            RESERVE_SQLITE
+        } else {
+            RESERVE_PG
+        };
+        let _turn = self.write_turn().await;
+        with_db!(&self.db, p => {
+            let tat: i64 = sqlx::query_scalar(sql).bind(server).bind(now.0).bind(interval_ms).fetch_one(p).await?;
+            Ok(Timestamp(tat - interval_ms))
+        })
+    }
+
     pub async fn status(&self, now: Timestamp, live_since: Timestamp) -> Result<StatusReport> {
         with_db!(&self.db, p => {
             let mut followups: BTreeMap<String, i64> =
