@@ -198,9 +198,11 @@ pub async fn import_reader(
     let mut bytes = 0u64;
     let mut stored_lines = 0usize;
 
-    let flush = |batch: Batch| async {
-        let outcome = batch.store(store, rules, now).await?;
-        Ok::<_, StoreError>(outcome)
+    let mut writer = Writer {
+        store: store.clone(),
+        rules: rules.into(),
+        now,
+        pending: None,
     };
 
     if csv {
@@ -252,8 +254,9 @@ pub async fn import_reader(
                 }
             }
             if batch.len() >= FLUSH {
-                let outcome = flush(std::mem::replace(&mut batch, Batch::new(kind))).await?;
-                add(&mut report, outcome);
+                writer
+                    .submit(std::mem::replace(&mut batch, Batch::new(kind)), &mut report)
+                    .await?;
                 progress(bytes);
             }
         }
@@ -283,19 +286,54 @@ pub async fn import_reader(
                 Err(error) => report.bad.push(BadLine { line, error }),
             }
             if batch.len() >= FLUSH {
-                let outcome = flush(std::mem::replace(&mut batch, Batch::new(kind))).await?;
-                add(&mut report, outcome);
+                writer
+                    .submit(std::mem::replace(&mut batch, Batch::new(kind)), &mut report)
+                    .await?;
                 progress(bytes);
             }
         }
     }
     if !batch.is_empty() {
-        let outcome = flush(batch).await?;
-        add(&mut report, outcome);
+        writer.submit(batch, &mut report).await?;
     }
+    writer.wait(&mut report).await?;
     progress(bytes);
     report.stored = stored_lines;
     Ok(report)
+}
+
+/// Stores chunks on a task of their own, one at a time and in order, so parsing the
+/// next chunk overlaps with writing this one.
+struct Writer {
+    store: Store,
+    rules: std::sync::Arc<[ScheduleRule]>,
+    now: Timestamp,
+    pending: Option<tokio::task::JoinHandle<Result<ImportOutcome, StoreError>>>,
+}
+
+impl Writer {
+    async fn submit(&mut self, batch: Batch, report: &mut ImportReport) -> Result<(), StoreError> {
+        self.wait(report).await?;
+        let (store, rules, now) = (
+            self.store.clone(),
+            std::sync::Arc::clone(&self.rules),
+            self.now,
+        );
+        self.pending = Some(tokio::spawn(async move {
+            batch.store(&store, &rules, now).await
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self, report: &mut ImportReport) -> Result<(), StoreError> {
+        if let Some(task) = self.pending.take() {
+            let outcome = task
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("import writer stopped: {e}")))??;
+            add(report, outcome);
+        }
+        Ok(())
+    }
 }
 
 fn add(report: &mut ImportReport, o: ImportOutcome) {

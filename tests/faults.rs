@@ -318,21 +318,23 @@ async fn the_smtp_rate_limit_holds_across_workers() {
         "enough messages to see the limit: {}",
         at.len()
     );
-    // Slots are spaced exactly; delivery adds a little jitter, so a window may catch a
-    // late message next to an on-time one, never a burst.
+    // Slots are spaced exactly; a busy machine delays some deliveries (a window may
+    // then catch late messages next to on-time ones), but never lets a batch through at
+    // once, and the long-run rate stays under the limit. Without the limit all of them
+    // arrive within a fraction of a second.
     for (i, t) in at.iter().enumerate() {
         let within = at[i..]
             .iter()
             .take_while(|u| u.duration_since(*t) < std::time::Duration::from_secs(1))
             .count();
         assert!(
-            within <= rate + rate / 5 + 1,
+            within <= rate + rate / 2,
             "{within} messages within one second"
         );
     }
     let span = at.last().unwrap().duration_since(at[0]).as_secs_f64();
     assert!(
-        span >= (at.len() - 1) as f64 / rate as f64 * 0.95,
+        span >= (at.len() - 1) as f64 / rate as f64 - 0.5,
         "{} messages in {span:.2}s",
         at.len()
     );

@@ -87,7 +87,8 @@ impl Store {
                 .busy_timeout(Duration::from_secs(30))
                 .pragma("cache_size", "-65536")
                 .pragma("temp_store", "memory")
-                .pragma("mmap_size", "268435456");
+                .pragma("mmap_size", "268435456")
+                .pragma("wal_autocheckpoint", "10000");
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(60))

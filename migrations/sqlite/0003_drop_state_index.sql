@@ -1,0 +1,2 @@
+-- status counts scan the table; keeping an index on state cost every insert and update.
+DROP INDEX IF EXISTS followups_state;
