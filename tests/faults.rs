@@ -9,8 +9,7 @@
 
 mod common;
 
-use aftercart::config::Settings;
-use aftercart::jobs::{Clock, RunOptions, RunSummary, Worker};
+use aftercart::jobs::{Clock, RunOptions, Worker};
 use aftercart::mail::sink::{Fault, FaultPlan, SmtpSink};
 use aftercart::store::{FollowupRow, Store};
 use common::*;
@@ -19,15 +18,6 @@ use std::sync::{Arc, Mutex};
 
 /// Orders imported per test: ~190 follow-ups, enough for batches and several customers.
 const ORDERS: usize = 100;
-
-async fn run_until_idle(s: &Settings, store: &Store, clock: Clock) -> RunSummary {
-    let engine = engine(s.clone(), store.clone(), clock).await;
-    let mailer = aftercart::cli::mailer(s).await.unwrap();
-    Worker::new(engine, mailer, RunOptions::new(true))
-        .run(std::future::pending())
-        .await
-        .unwrap()
-}
 
 async fn all_rows(store: &Store) -> Vec<FollowupRow> {
     store.followups(None, None, 1_000_000).await.unwrap()

@@ -5,23 +5,10 @@
 mod common;
 
 use aftercart::domain::Timestamp;
-use aftercart::jobs::{Clock, RunOptions, Worker};
+use aftercart::jobs::Clock;
 use aftercart::mail::sink::SmtpSink;
 use common::*;
 use std::collections::HashSet;
-
-async fn run_until_idle(
-    s: &aftercart::config::Settings,
-    store: &aftercart::store::Store,
-    clock: Clock,
-) -> aftercart::jobs::RunSummary {
-    let engine = engine(s.clone(), store.clone(), clock).await;
-    let mailer = aftercart::cli::mailer(s).await.unwrap();
-    Worker::new(engine, mailer, RunOptions::new(true))
-        .run(std::future::pending())
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn every_due_followup_is_sent_once_with_its_parts_and_headers() {

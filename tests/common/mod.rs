@@ -293,3 +293,17 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Runs one in-process worker until nothing is due or in flight.
+pub async fn run_until_idle(
+    s: &Settings,
+    store: &Store,
+    clock: Clock,
+) -> aftercart::jobs::RunSummary {
+    let engine = engine(s.clone(), store.clone(), clock).await;
+    let mailer = aftercart::cli::mailer(s).await.unwrap();
+    aftercart::jobs::Worker::new(engine, mailer, aftercart::jobs::RunOptions::new(true))
+        .run(std::future::pending())
+        .await
+        .unwrap()
+}
