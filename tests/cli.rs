@@ -109,6 +109,14 @@ async fn bad_lines_are_reported_by_file_line_and_field_and_good_ones_stored() {
             &[],
         ),
     ];
+    let sample_before = {
+        let s = settings(&env);
+        let store = store(&s).await;
+        (
+            store.products().await.unwrap(),
+            store.customer("C000001").await.unwrap().unwrap().customer,
+        )
+    };
     for (kind, bad, fields, stored) in cases {
         let path = shared(&format!("bad/{kind}.jsonl"));
         let file = path.to_str().unwrap();
@@ -181,6 +189,21 @@ async fn bad_lines_are_reported_by_file_line_and_field_and_good_ones_stored() {
             _ => {}
         }
     }
+    // Nothing already stored was changed by the bad files.
+    let s = settings(&env);
+    let store = store(&s).await;
+    let products: Vec<_> = store
+        .products()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| !p.id.as_str().starts_with("P9"))
+        .collect();
+    assert_eq!(products, sample_before.0);
+    assert_eq!(
+        store.customer("C000001").await.unwrap().unwrap().customer,
+        sample_before.1
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! `aftercart demo`: a fresh SQLite database, the bundled sample store (200 products,
 //! 500 customers, 3,000 orders over a year, 17,000 on-site events), and a worker whose
 //! clock jumps from one due time to the next, so a year of follow-ups runs in seconds
-//! with every rule in force. Emails land in the outbox as .eml files.
+//! with every rule in force. Emails land in the outbox as .eml files. Running it again
+//! imports the same records (nothing changes) and sends nothing twice.
 
 use super::commands::{mailer, schedule_rules};
 use super::setup::{open_engine, open_store};
@@ -23,25 +24,9 @@ const SAMPLE: [(Kind, &str); 4] = [
 
 pub async fn run(mut s: Settings, io: &mut Io<'_>) -> Result<(), CliError> {
     let started = std::time::Instant::now();
-    // The demo never touches the configured database: it gets a fresh file of its own.
-    let db_path = std::path::Path::new("data/demo.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let p = format!("{}{suffix}", db_path.display());
-        if std::path::Path::new(&p).exists() {
-            std::fs::remove_file(&p)?;
-        }
-    }
-    s.database.url = format!("sqlite://{}", db_path.display());
-    if let Some(dir) = s.smtp.url.strip_prefix("file://") {
-        // Only our own .eml files are cleared, so the outbox shows this run.
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.path().extension().is_some_and(|x| x == "eml") {
-                    std::fs::remove_file(e.path())?;
-                }
-            }
-        }
-    }
+    // The demo never touches the configured database: it keeps a file of its own, so a
+    // second run finds every follow-up already final and sends nothing twice.
+    s.database.url = "sqlite://data/demo.db".to_owned();
     let store = open_store(&s).await?;
     let rules = schedule_rules(&s);
     for (kind, text) in SAMPLE {
