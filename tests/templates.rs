@@ -349,3 +349,65 @@ async fn a_template_that_fails_to_render_sends_nothing_and_keeps_the_followup() 
         "{status:?}"
     );
 }
+
+/// docs/templates.md lists every variable the renderer really passes, and nothing else.
+#[tokio::test]
+async fn documented_variables_match_what_the_renderer_passes() {
+    let db = fresh_db().await;
+    let s = settings(&base_env(&db.url, "file:///tmp/x"));
+    let store = store(&s).await;
+    import_sample(&store, &s, Some(50)).await;
+    let e = engine(s.clone(), store.clone(), Clock::System).await;
+    let campaign = s.campaign("complete_your_setup").unwrap().clone();
+    let ctx = store.order_context("O00000001").await.unwrap().unwrap();
+    let picks = e.picks(&ctx.order, &campaign, Default::default());
+    assert!(!picks.is_empty());
+    let real = serde_json::to_value(e.context(
+        &ctx.order,
+        &ctx.customer.unwrap().customer,
+        &campaign,
+        &picks,
+        "u".into(),
+    ))
+    .unwrap();
+
+    fn leaves(v: &serde_json::Value, prefix: String, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    // Lists and values are documented; objects are only their fields.
+                    if !v.is_object() {
+                        out.insert(p.clone());
+                    }
+                    leaves(v, p, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                if let Some(first) = a.first() {
+                    leaves(first, format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut passed = std::collections::BTreeSet::new();
+    leaves(&real, String::new(), &mut passed);
+    let docs = std::fs::read_to_string(manifest().join("docs/templates.md")).unwrap();
+    let documented: std::collections::BTreeSet<String> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_owned))
+        .filter(|name| !name.contains('('))
+        .collect();
+    let missing: Vec<_> = documented.difference(&passed).collect();
+    assert!(missing.is_empty(), "documented but not passed: {missing:?}");
+    let undocumented: Vec<_> = passed.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "passed but not documented: {undocumented:?}"
+    );
+}
