@@ -134,6 +134,22 @@ async fn a_550_fails_at_once_with_the_reply_kept() {
         assert_eq!(r.attempts, 1, "no retry after a 5xx: {r:?}");
         assert!(r.sent_at.is_none(), "{r:?}");
     }
+    // A dead mailbox is suppressed for later campaigns.
+    let suppressed: HashSet<String> = store
+        .suppressions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.email)
+        .collect();
+    for r in &failed {
+        let c = store.customer(&r.customer_id).await.unwrap().unwrap();
+        assert!(
+            suppressed.contains(&c.customer.email.as_str().to_lowercase()),
+            "{}",
+            c.customer.email
+        );
+    }
     // The server saw each failed follow-up exactly once.
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), failed.len());

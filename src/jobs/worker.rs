@@ -358,6 +358,15 @@ async fn process(
                 Err(SendError::Permanent { reply }) => {
                     warn!(%reply, "permanent SMTP failure");
                     counters.failed.fetch_add(1, Ordering::Relaxed);
+                    // A dead mailbox stays dead: later campaigns skip it (`suppressed`).
+                    if is_hard_bounce(&reply)
+                        && let Err(err) = e
+                            .store
+                            .suppress(&p.email.to, "hard_bounce", Timestamp::now())
+                            .await
+                    {
+                        warn!(error = %err, "could not record the hard bounce");
+                    }
                     Finish::Failed { reply }
                 }
                 Err(SendError::Transient { reply }) if c.attempts >= smtp.max_attempts as i64 => {
@@ -462,5 +471,27 @@ async fn wait_for_send_slot(e: &Engine) {
             warn!(error = %err, "rate limit reservation failed; pausing");
             tokio::time::sleep(Duration::from_millis(interval_ms as u64)).await;
         }
+    }
+}
+
+/// 550/551/553 and enhanced codes 5.1.x: the mailbox does not exist or is refused for
+/// good. Other 5xx (a policy block, a message too large) say nothing about the address.
+fn is_hard_bounce(reply: &str) -> bool {
+    let mut parts = reply.split_whitespace();
+    let code = parts.next().unwrap_or("");
+    let enhanced = parts.next().unwrap_or("");
+    matches!(code, "550" | "551" | "553")
+        && (enhanced.starts_with("5.1.") || !enhanced.starts_with("5."))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hard_bounces_are_mailbox_errors() {
+        assert!(super::is_hard_bounce("550 5.1.1 no such user"));
+        assert!(super::is_hard_bounce("553 mailbox name not allowed"));
+        assert!(!super::is_hard_bounce("550 5.7.1 message refused as spam"));
+        assert!(!super::is_hard_bounce("552 5.3.4 message too big"));
+        assert!(!super::is_hard_bounce("451 4.3.0 try later"));
     }
 }
