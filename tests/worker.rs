@@ -241,3 +241,52 @@ async fn the_weekly_cap_skips_or_defers_per_campaign_policy() {
         && r.state == "sent"
         && r.sent_at.unwrap().0 > r.due_at.0 + 86_400_000));
 }
+
+#[tokio::test]
+async fn emails_are_dkim_signed_when_a_key_is_configured() {
+    use base64::Engine as _;
+    let sink = SmtpSink::start().await;
+    let db = fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("dkim.key");
+    let secret: [u8; 32] = rand::random();
+    std::fs::write(
+        &key,
+        base64::engine::general_purpose::STANDARD.encode(secret),
+    )
+    .unwrap();
+    let s = settings(&with(
+        base_env(&db.url, &sink.url()),
+        &[
+            ("AFTERCART__SMTP__DKIM_KEY_PATH", key.to_str().unwrap()),
+            ("AFTERCART__SMTP__DKIM_SELECTOR", "ac2026"),
+        ],
+    ));
+    let store = store(&s).await;
+    import_sample(&store, &s, Some(40)).await;
+    let summary = run_until_idle(&s, &store, clock_at_first_due(&store).await).await;
+    assert!(summary.sent > 0);
+    for r in sink.received() {
+        let raw = r.raw.unwrap();
+        let sig = raw
+            .lines()
+            .find(|l| l.starts_with("DKIM-Signature:"))
+            .expect("signed");
+        let unfolded = raw.replace("\r\n ", " ").replace("\r\n\t", " ");
+        assert!(
+            unfolded.contains("d=northwind.example.com") && unfolded.contains("s=ac2026"),
+            "{sig}"
+        );
+    }
+    // A missing key file is refused at start, naming the key.
+    let bad = with(
+        base_env(&db.url, &sink.url()),
+        &[
+            ("AFTERCART__SMTP__DKIM_KEY_PATH", "/nonexistent/key"),
+            ("AFTERCART__SMTP__DKIM_SELECTOR", "x"),
+        ],
+    );
+    let (code, _, err) = run(&bad, &["worker"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("smtp.dkim_key_path"), "{err}");
+}

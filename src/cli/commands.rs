@@ -304,11 +304,30 @@ pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
         username: s.smtp.username.clone(),
         password: s.smtp.password.clone(),
     };
-    Ok(Arc::new(
-        Mailer::connect(cfg)
-            .await
-            .map_err(|e| CliError::Usage(format!("smtp.url: {e}")))?,
-    ))
+    let mut mailer = Mailer::connect(cfg)
+        .await
+        .map_err(|e| CliError::Usage(format!("smtp.url: {e}")))?;
+    if let Some(d) = &s.smtp.dkim {
+        let key = std::fs::read_to_string(&d.key_path).map_err(|e| {
+            CliError::Usage(format!("smtp.dkim_key_path: {}: {e}", d.key_path.display()))
+        })?;
+        let domain = d.domain.clone().unwrap_or_else(|| {
+            let from = s
+                .smtp
+                .from
+                .rsplit('<')
+                .next()
+                .unwrap_or(&s.smtp.from)
+                .trim_end_matches('>');
+            from.rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default()
+        });
+        mailer = mailer
+            .with_dkim(&d.selector, &domain, &key)
+            .map_err(|e| CliError::Usage(format!("smtp.dkim_key_path: {e}")))?;
+    }
+    Ok(Arc::new(mailer))
 }
 
 /// Resolves on SIGINT or SIGTERM.

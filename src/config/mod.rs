@@ -70,6 +70,17 @@ pub struct SmtpSettings {
     pub retry_max: Duration,
     /// Messages per second for this SMTP server across all workers; 0 = unlimited.
     pub rate_limit: u32,
+    /// DKIM signing, when a key is configured.
+    pub dkim: Option<Dkim>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dkim {
+    /// RSA (PKCS#1 PEM) or Ed25519 (base64) private key file; kept out of the repository.
+    pub key_path: PathBuf,
+    pub selector: String,
+    /// Signing domain; the From address's domain when None.
+    pub domain: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -71,6 +71,9 @@ struct RawSmtp {
     retry_max: String,
     #[serde(default)]
     rate_limit: u32,
+    dkim_selector: Option<String>,
+    dkim_domain: Option<String>,
+    dkim_key_path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +403,20 @@ pub(super) fn parse(
             retry_base: d("smtp.retry_base", &raw.smtp.retry_base)?,
             retry_max: d("smtp.retry_max", &raw.smtp.retry_max)?,
             rate_limit: raw.smtp.rate_limit,
+            dkim: match (raw.smtp.dkim_key_path, raw.smtp.dkim_selector) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(key_err(
+                        "smtp.dkim_selector",
+                        "needed with smtp.dkim_key_path".into(),
+                    ));
+                }
+                (Some(path), Some(selector)) => Some(super::Dkim {
+                    key_path: base_dir.join(path),
+                    selector,
+                    domain: raw.smtp.dkim_domain,
+                }),
+            },
         },
         worker: WorkerSettings {
             concurrency: raw.worker.concurrency,

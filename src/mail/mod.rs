@@ -191,6 +191,8 @@ pub struct MailerConfig {
 #[derive(Clone)]
 pub struct Mailer {
     inner: Arc<Transport>,
+    /// Signs every message when set (`with_dkim`).
+    dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -256,11 +258,13 @@ impl Mailer {
                 inner: Arc::new(Transport::File {
                     dir: PathBuf::from(dir),
                 }),
+                dkim: None,
             });
         }
         let pool = SmtpPool::from_config(&cfg)?;
         let mailer = Mailer {
             inner: Arc::new(Transport::Smtp(pool)),
+            dkim: None,
         };
         if let Transport::Smtp(pool) = &*mailer.inner {
             pool.warm_up().await;
@@ -271,13 +275,42 @@ impl Mailer {
     /// Sends one message to `e.to`. Returns the server's final reply
     /// (e.g. "250 2.0.0 Ok queued") or, for `file://`, "250 written to PATH".
     pub async fn send(&self, e: &OutgoingEmail) -> Result<String, SendError> {
-        let message = build_message(e).map_err(|err| SendError::Permanent {
+        let mut message = build_message(e).map_err(|err| SendError::Permanent {
             reply: format!("invalid message: {err}"),
         })?;
+        if let Some(dkim) = &self.dkim {
+            message.sign(dkim);
+        }
         match &*self.inner {
             Transport::File { dir } => write_eml(dir, &e.message_id, &message.formatted()).await,
             Transport::Smtp(pool) => pool.send(&message).await,
         }
+    }
+
+    /// Signs every message with DKIM. `key` is an RSA private key in PKCS#1 PEM, or an
+    /// Ed25519 secret key in base64 (32 bytes); the public key is published in DNS at
+    /// `SELECTOR._domainkey.DOMAIN`.
+    pub fn with_dkim(
+        mut self,
+        selector: &str,
+        domain: &str,
+        key: &str,
+    ) -> Result<Mailer, MailError> {
+        use lettre::message::dkim::{DkimConfig, DkimSigningAlgorithm, DkimSigningKey};
+        let key = key.trim();
+        let algorithm = if key.starts_with("-----BEGIN") {
+            DkimSigningAlgorithm::Rsa
+        } else {
+            DkimSigningAlgorithm::Ed25519
+        };
+        let signing = DkimSigningKey::new(key, algorithm)
+            .map_err(|e| MailError::Build(format!("DKIM key: {e}")))?;
+        self.dkim = Some(Arc::new(DkimConfig::default_config(
+            selector.to_owned(),
+            domain.to_owned(),
+            signing,
+        )));
+        Ok(self)
     }
 
     /// Politely closes idle SMTP connections (QUIT). Sends still work afterwards.
