@@ -7,7 +7,7 @@ use crate::config::{Campaign, CapPolicy, Settings};
 use crate::domain::Customer;
 use crate::domain::{Order, Timestamp};
 use crate::mail::OutgoingEmail;
-use crate::recommend::{Exclusions, Model, ModelConfig, Pick, PickRequest};
+use crate::recommend::{Exclusions, Model, ModelBuilder, ModelConfig, Pick, PickRequest};
 use crate::render::{
     CampaignInfo, CustomerInfo, EmailContext, LiveTemplates, OrderInfo, OrderLine, PickedItem,
     Rendered, StoreInfo,
@@ -58,9 +58,19 @@ pub enum Decision {
 /// Builds the recommendation model from the store's catalog and purchase history.
 pub async fn load_model(store: &Store) -> Result<Model, StoreError> {
     let products = store.products().await?;
-    let orders = store.purchase_history().await?;
+    let mut builder = ModelBuilder::new(&products, &ModelConfig::default());
+    // Page through the history so a million orders never sit in memory at once.
+    let mut after = String::new();
+    loop {
+        let page = store.purchase_page(&after, 20_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id.to_string();
+        for o in &page {
+            builder.add_order(o);
+        }
+    }
     // Building is CPU work: keep it off the async threads that drive sends.
-    tokio::task::spawn_blocking(move || Model::build(&products, &orders, &ModelConfig::default()))
+    tokio::task::spawn_blocking(move || builder.finish())
         .await
         .map_err(|e| StoreError::Corrupt(format!("model build panicked: {e}")))
 }

@@ -289,6 +289,17 @@ impl Store {
         })
     }
 
+    /// Purchases (not cancelled or refunded) with ids after `after`, by id, at most
+    /// `limit`: pages for building the model without holding every order at once.
+    pub async fn purchase_page(&self, after: &str, limit: i64) -> Result<Vec<Order>> {
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders
+                   WHERE id > $1 AND status NOT IN ('cancelled', 'refunded') ORDER BY id LIMIT $2";
+        with_db!(&self.db, p => {
+            let rows = sqlx::query(sql).bind(after).bind(limit).fetch_all(p).await?;
+            rows.iter().map(order_from_row).collect()
+        })
+    }
+
     pub async fn order(&self, id: &str) -> Result<Option<Order>> {
         let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders WHERE id = $1";
         with_db!(&self.db, p => {
