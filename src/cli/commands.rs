@@ -28,8 +28,9 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
         }
         Command::Import { kind, file } => import(&s, &kind, &file, io).await,
         Command::Worker => {
+            let stop = shutdown_signal();
             let store = open_store(&s).await?;
-            worker(s, store, io).await
+            worker(s, store, stop, io).await
         }
         Command::Serve { no_worker } => crate::http::serve(s, !no_worker)
             .await
@@ -330,22 +331,34 @@ pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
     Ok(Arc::new(mailer))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled, so a signal that arrives while the process is still
+/// starting up stops it gracefully instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
-async fn worker(s: Settings, store: Store, io: &mut Io<'_>) -> Result<(), CliError> {
+async fn worker(
+    s: Settings,
+    store: Store,
+    stop: impl std::future::Future<Output = ()>,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
     let mailer = mailer(&s).await?;
     let engine = open_engine(s, store, Clock::System).await?;
     let _watch = engine.templates.clone().spawn_watcher(
@@ -353,7 +366,7 @@ async fn worker(s: Settings, store: Store, io: &mut Io<'_>) -> Result<(), CliErr
         std::time::Duration::from_secs(2),
     );
     let worker = Worker::new(engine, mailer, RunOptions::new(false));
-    let summary = worker.run(shutdown_signal()).await?;
+    let summary = worker.run(stop).await?;
     writeln!(
         io.out,
         "worker stopped: {} sent, {} skipped, {} failed, {} retried",

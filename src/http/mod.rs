@@ -126,8 +126,10 @@ pub async fn start(engine: Engine, bind: &str) -> Result<Running, HttpError> {
 /// `aftercart serve`: the API on `http.bind`, the worker in the same process unless
 /// `with_worker` is false, template hot reload, and a graceful stop on SIGINT/SIGTERM.
 pub async fn serve(s: Settings, with_worker: bool) -> Result<(), HttpError> {
-    use crate::cli::setup::{campaign_templates, open_engine, open_store};
+    use crate::cli::setup::{open_engine, open_store};
     let setup = |e: crate::cli::CliError| HttpError::Setup(e.to_string());
+    // Installed first, so SIGTERM during start-up is a graceful stop.
+    let stop = crate::cli::commands::shutdown_signal();
     let bind = s.http.bind.clone();
     if s.http.api_token.is_none() {
         tracing::warn!("AFTERCART__HTTP__API_TOKEN is not set: /v1 and /preview answer 401");
@@ -139,15 +141,12 @@ pub async fn serve(s: Settings, with_worker: bool) -> Result<(), HttpError> {
     };
     let store = open_store(&s).await.map_err(setup)?;
     let engine = open_engine(s, store, Clock::System).await.map_err(setup)?;
-    let _watch = engine.templates.clone().spawn_watcher(
-        campaign_templates(&engine.settings),
-        std::time::Duration::from_secs(2),
-    );
+    let _watch = crate::jobs::watch_templates(engine.clone(), std::time::Duration::from_secs(2));
 
     // One signal, many listeners: the server and the worker stop together.
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        crate::cli::commands::shutdown_signal().await;
+        stop.await;
         tracing::info!("shutting down");
         let _ = tx.send(true);
     });
