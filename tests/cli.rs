@@ -415,3 +415,57 @@ async fn evaluate_beats_popularity_and_refuses_bad_files() {
     );
     assert_eq!(code, 2);
 }
+
+#[tokio::test]
+async fn suppress_and_campaign_trigger_refuse_bad_input() {
+    let db = fresh_db().await;
+    let env = base_env(&db.url, "file:///tmp/unused-outbox");
+    let s = settings(&env);
+    let store = store(&s).await;
+    import_sample(&store, &s, Some(50)).await;
+
+    let (code, _, err) = run(&env, &["suppress", "add", "not-an-email"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("email"), "{err}");
+    assert!(
+        store.suppressions().await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    let (code, out, _) = run(
+        &env,
+        &[
+            "suppress",
+            "add",
+            "Someone@Example.com",
+            "--reason",
+            "complaint",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        store.suppressions().await.unwrap()[0].email,
+        "someone@example.com"
+    );
+
+    let before = store.followups(None, None, 1_000_000).await.unwrap().len();
+    for (args, named) in [
+        (vec!["campaign", "trigger", "nope"], "nope"),
+        (
+            vec!["campaign", "trigger", "upgrade", "--since", "soon"],
+            "--since",
+        ),
+        (
+            vec!["campaign", "trigger", "upgrade", "--bought", ""],
+            "--bought",
+        ),
+    ] {
+        let (code, _, err) = run(&env, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+    assert_eq!(
+        store.followups(None, None, 1_000_000).await.unwrap().len(),
+        before,
+        "nothing scheduled"
+    );
+}

@@ -1,6 +1,6 @@
 //! One function per command.
 
-use super::setup::{campaign_templates, load_settings, open_engine, open_store};
+use super::setup::{load_settings, open_engine, open_store};
 use super::{
     CampaignCommand, Cli, CliError, Command, FollowupsCommand, Io, ModelCommand, SuppressCommand,
     TemplatesCommand,
@@ -8,7 +8,7 @@ use super::{
 use crate::config::Settings;
 use crate::domain::{EmailAddress, ProductId, Timestamp, parse_duration, parse_rfc3339};
 use crate::import::{Kind, import_reader};
-use crate::jobs::{Clock, Engine, RunOptions, Worker};
+use crate::jobs::{Clock, RunOptions, Worker};
 use crate::mail::{Mailer, MailerConfig};
 use crate::store::{FollowupState, ScheduleRule, Store};
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -48,7 +48,7 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
         Command::Templates {
             command: TemplatesCommand::Check,
         } => {
-            let problems = crate::render::check(&s.templates_dir, &campaign_templates(&s));
+            let problems = crate::render::check(&s.templates_dir, &s.campaign_templates());
             for p in &problems {
                 writeln!(io.err, "{p}")?;
             }
@@ -312,18 +312,10 @@ pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
         let key = std::fs::read_to_string(&d.key_path).map_err(|e| {
             CliError::Usage(format!("smtp.dkim_key_path: {}: {e}", d.key_path.display()))
         })?;
-        let domain = d.domain.clone().unwrap_or_else(|| {
-            let from = s
-                .smtp
-                .from
-                .rsplit('<')
-                .next()
-                .unwrap_or(&s.smtp.from)
-                .trim_end_matches('>');
-            from.rsplit_once('@')
-                .map(|(_, d)| d.to_owned())
-                .unwrap_or_default()
-        });
+        let domain = d
+            .domain
+            .clone()
+            .unwrap_or_else(|| s.smtp.from_domain().to_owned());
         mailer = mailer
             .with_dkim(&d.selector, &domain, &key)
             .map_err(|e| CliError::Usage(format!("smtp.dkim_key_path: {e}")))?;
@@ -361,10 +353,7 @@ async fn worker(
 ) -> Result<(), CliError> {
     let mailer = mailer(&s).await?;
     let engine = open_engine(s, store, Clock::System).await?;
-    let _watch = engine.templates.clone().spawn_watcher(
-        campaign_templates(&engine.settings),
-        std::time::Duration::from_secs(2),
-    );
+    let _watch = crate::jobs::watch_templates(engine.clone(), std::time::Duration::from_secs(2));
     let worker = Worker::new(engine, mailer, RunOptions::new(false));
     let summary = worker.run(stop).await?;
     writeln!(
@@ -663,39 +652,6 @@ async fn evaluate(
         writeln!(io.out, "{}", describe_eval(&report))?;
     }
     Ok(())
-}
-
-impl Engine {
-    /// What `campaign` would send for `order_id` now, ignoring consent, caps and quiet
-    /// hours (a preview shows the email, not whether it would go out today).
-    pub async fn preview(
-        &self,
-        order_id: &str,
-        campaign: &crate::config::Campaign,
-    ) -> Result<crate::jobs::Prepared, String> {
-        let ctx = self
-            .store
-            .order_context(order_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no order {order_id:?}"))?;
-        let customer = ctx
-            .customer
-            .ok_or_else(|| format!("order {order_id} has no known customer"))?;
-        let now = self.clock.now();
-        let history = self
-            .history(&ctx.order, now)
-            .await
-            .map_err(|e| e.to_string())?;
-        let picks = self.picks(&ctx.order, campaign, history);
-        self.compose(
-            &ctx.order,
-            &customer,
-            campaign,
-            campaign.name.as_str(),
-            picks,
-        )
-    }
 }
 
 fn describe_eval(r: &crate::recommend::EvalReport) -> String {

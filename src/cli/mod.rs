@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 pub use commands::{mailer, schedule_rules, shutdown_signal};
-pub use setup::{campaign_templates, load_settings, open_engine, open_store};
+pub use setup::{load_settings, open_engine, open_store};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -42,7 +42,7 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
                 .await?
         }
     };
-    let campaigns = campaign_templates(&s);
+    let campaigns = s.campaign_templates();
     let templates = LiveTemplates::load(&s.templates_dir, &campaigns).map_err(|problems| {
         CliError::BadInput(
             problems
@@ -61,12 +61,4 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
         signer: Signer::new(&secret),
         clock,
     })
-}
-
-/// (template, strategy) of every campaign, for template checks.
-pub fn campaign_templates(s: &Settings) -> Vec<(String, String)> {
-    s.campaigns
-        .iter()
-        .map(|c| (c.template.clone(), c.strategy.as_str().to_owned()))
-        .collect()
 }

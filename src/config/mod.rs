@@ -83,6 +83,28 @@ pub struct Dkim {
     pub domain: Option<String>,
 }
 
+impl SmtpSettings {
+    /// The domain of the `from` address ("Shop <hello@shop.example>" → "shop.example"):
+    /// Message-IDs, List-Id and the default DKIM domain use it.
+    pub fn from_domain(&self) -> &str {
+        address_domain(&self.from)
+    }
+}
+
+/// The domain of a mailbox ("Shop <hello@shop.example>" or "hello@shop.example").
+pub fn address_domain(mailbox: &str) -> &str {
+    let addr = mailbox
+        .rsplit('<')
+        .next()
+        .unwrap_or(mailbox)
+        .trim_end_matches('>')
+        .trim();
+    addr.rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("aftercart.local")
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub concurrency: usize,
@@ -177,6 +199,14 @@ impl Settings {
 
     pub fn campaign(&self, name: &str) -> Option<&Campaign> {
         self.campaigns.iter().find(|c| c.name.as_str() == name)
+    }
+
+    /// (template, strategy) of every campaign: what template checks render.
+    pub fn campaign_templates(&self) -> Vec<(String, String)> {
+        self.campaigns
+            .iter()
+            .map(|c| (c.template.clone(), c.strategy.as_str().to_owned()))
+            .collect()
     }
 
     /// The campaign `recommend`/`evaluate` use without `--campaign`: the first enabled

@@ -148,7 +148,7 @@ pub(crate) async fn preview_index(
     let mut body = String::from("<h1>Email previews</h1>");
 
     let dir = settings.templates_dir.clone();
-    let campaigns = crate::cli::setup::campaign_templates(&settings);
+    let campaigns = settings.campaign_templates();
     // Parsing and sample-rendering every template is blocking work.
     let problems = tokio::task::spawn_blocking(move || crate::render::check(&dir, &campaigns))
         .await

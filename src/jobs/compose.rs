@@ -82,20 +82,7 @@ pub fn message_id(order_id: &str, campaign: &str, from: &str) -> String {
     h.update([0]);
     h.update(campaign.as_bytes());
     let digest = hex::encode(&h.finalize()[..12]);
-    format!("fu-{digest}@{}", domain_of(from))
-}
-
-fn domain_of(from: &str) -> &str {
-    let addr = from
-        .rsplit('<')
-        .next()
-        .unwrap_or(from)
-        .trim_end_matches('>')
-        .trim();
-    addr.rsplit_once('@')
-        .map(|(_, d)| d)
-        .filter(|d| !d.is_empty())
-        .unwrap_or("aftercart.local")
+    format!("fu-{digest}@{}", crate::config::address_domain(from))
 }
 
 impl Engine {
@@ -311,7 +298,7 @@ impl Engine {
                     "{} <{}.{}>",
                     s.store.name.replace(['<', '>', '"'], ""),
                     campaign.name,
-                    domain_of(&s.smtp.from)
+                    s.smtp.from_domain()
                 ),
             ),
         ];
@@ -410,18 +397,14 @@ impl Engine {
     }
 }
 
-/// Re-reads the templates every `interval`; a change that fails the check is refused
+/// The one template watcher (worker and serve): re-reads the templates every
+/// `interval`; a change that fails the check is refused
 /// (the last good version keeps sending) and recorded so `status` shows it until a good
 /// version is loaded.
 pub fn watch_templates(e: Engine, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
     const KEY: &str = "(templates)";
     tokio::spawn(async move {
-        let campaigns: Vec<(String, String)> = e
-            .settings
-            .campaigns
-            .iter()
-            .map(|c| (c.template.clone(), c.strategy.as_str().to_owned()))
-            .collect();
+        let campaigns = e.settings.campaign_templates();
         loop {
             tokio::time::sleep(interval).await;
             let (live, c) = (e.templates.clone(), campaigns.clone());
@@ -450,4 +433,37 @@ pub fn watch_templates(e: Engine, interval: std::time::Duration) -> tokio::task:
             }
         }
     })
+}
+
+impl Engine {
+    /// What `campaign` would send for `order_id` now, ignoring consent, caps and quiet
+    /// hours (a preview shows the email, not whether it would go out today).
+    pub async fn preview(
+        &self,
+        order_id: &str,
+        campaign: &crate::config::Campaign,
+    ) -> Result<Prepared, String> {
+        let ctx = self
+            .store
+            .order_context(order_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no order {order_id:?}"))?;
+        let customer = ctx
+            .customer
+            .ok_or_else(|| format!("order {order_id} has no known customer"))?;
+        let now = self.clock.now();
+        let history = self
+            .history(&ctx.order, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        let picks = self.picks(&ctx.order, campaign, history);
+        self.compose(
+            &ctx.order,
+            &customer,
+            campaign,
+            campaign.name.as_str(),
+            picks,
+        )
+    }
 }

@@ -6,7 +6,7 @@ use super::{Problem, Templates};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// (modified time, size) of every file under the templates dir, by path.
 type Fingerprint = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
@@ -118,41 +118,6 @@ impl LiveTemplates {
         };
         state.problems = problems.clone();
         Err(problems)
-    }
-
-    /// Polls the dir every `interval` and reloads; a refused change is logged once per
-    /// change with each problem as FILE:LINE:COLUMN.
-    pub fn spawn_watcher(
-        self,
-        campaigns: Vec<(String, String)>,
-        interval: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let campaigns: Arc<[(String, String)]> = campaigns.into();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            tick.tick().await; // the first tick is immediate; we just loaded
-            loop {
-                tick.tick().await;
-                let (live, c) = (self.clone(), campaigns.clone());
-                // Reading files and rendering samples is blocking work.
-                match tokio::task::spawn_blocking(move || live.reload(&c)).await {
-                    Ok(Ok(true)) => {
-                        tracing::info!(dir = %self.dir().display(), "templates reloaded")
-                    }
-                    Ok(Ok(false)) => {}
-                    Ok(Err(problems)) => {
-                        for p in &problems {
-                            tracing::warn!(
-                                problem = %p,
-                                "template change refused; the last good version keeps sending"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "template reload task failed"),
-                }
-            }
-        })
     }
 }
 
