@@ -186,7 +186,7 @@ const FLUSH: usize = 5000;
 pub async fn import_reader(
     store: &Store,
     kind: Kind,
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     csv: bool,
     rules: &[ScheduleRule],
     now: Timestamp,
@@ -195,7 +195,6 @@ pub async fn import_reader(
     let ctx = ParseContext::load(store, kind).await?;
     let mut report = ImportReport::default();
     let mut batch = Batch::new(kind);
-    let mut bytes = 0u64;
     let mut stored_lines = 0usize;
 
     let mut writer = Writer {
@@ -205,92 +204,23 @@ pub async fn import_reader(
         pending: None,
     };
 
-    if csv {
-        let mut rdr = csv::ReaderBuilder::new()
-            .flexible(false)
-            .from_reader(reader);
-        let headers = match rdr.byte_headers() {
-            Ok(h) => h
-                .iter()
-                .map(|h| String::from_utf8_lossy(h).trim().to_owned())
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                report.bad.push(BadLine {
-                    line: 1,
-                    error: FieldError::line(format!("bad CSV header: {e}")),
-                });
-                return Ok(report);
-            }
-        };
-        let mut rec = csv::ByteRecord::new();
-        loop {
-            match rdr.read_byte_record(&mut rec) {
-                Ok(false) => break,
-                Ok(true) => {
-                    let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
-                    report.lines += 1;
-                    bytes = rec.position().map(|p| p.byte()).unwrap_or(bytes);
-                    match csv_to_json(&headers, &rec).and_then(|v| batch.push(&v, &ctx)) {
-                        Ok(()) => stored_lines += 1,
-                        Err(error) => report.bad.push(BadLine { line, error }),
-                    }
-                }
-                Err(e) => {
-                    let line = e
-                        .position()
-                        .map(|p| p.line() as usize)
-                        .unwrap_or(report.lines + 2);
-                    report.lines += 1;
-                    report.bad.push(BadLine {
-                        line,
-                        error: FieldError::line(format!("bad CSV: {e}")),
-                    });
-                    if !matches!(
-                        e.kind(),
-                        csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }
-                    ) {
-                        break;
-                    }
-                }
-            }
-            if batch.len() >= FLUSH {
-                writer
-                    .submit(std::mem::replace(&mut batch, Batch::new(kind)), &mut report)
-                    .await?;
-                progress(bytes);
-            }
+    let mut bytes = 0u64;
+    for raw in read_lines(reader, csv) {
+        let raw = raw?;
+        report.lines += 1;
+        bytes = bytes.max(raw.bytes);
+        match raw.value.and_then(|v| batch.push(&v, &ctx)) {
+            Ok(()) => stored_lines += 1,
+            Err(error) => report.bad.push(BadLine {
+                line: raw.line,
+                error,
+            }),
         }
-    } else {
-        let mut buf = Vec::with_capacity(4096);
-        let mut line = 0usize;
-        loop {
-            buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|source| ImportError::Read {
-                    name: String::new(),
-                    source,
-                })?;
-            if n == 0 {
-                break;
-            }
-            line += 1;
-            bytes += n as u64;
-            let raw = trim_eol(&buf);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            report.lines += 1;
-            match parse_json_line(raw).and_then(|v| batch.push(&v, &ctx)) {
-                Ok(()) => stored_lines += 1,
-                Err(error) => report.bad.push(BadLine { line, error }),
-            }
-            if batch.len() >= FLUSH {
-                writer
-                    .submit(std::mem::replace(&mut batch, Batch::new(kind)), &mut report)
-                    .await?;
-                progress(bytes);
-            }
+        if batch.len() >= FLUSH {
+            writer
+                .submit(std::mem::replace(&mut batch, Batch::new(kind)), &mut report)
+                .await?;
+            progress(bytes);
         }
     }
     if !batch.is_empty() {
@@ -300,6 +230,159 @@ pub async fn import_reader(
     progress(bytes);
     report.stored = stored_lines;
     Ok(report)
+}
+
+/// One input line (a CSV record), turned into the JSON object the record parsers read,
+/// or the `(line)`/column error that stopped that.
+#[derive(Debug)]
+pub struct RawLine {
+    /// 1-based physical line where the record starts.
+    pub line: usize,
+    /// Bytes of input read so far (for progress).
+    pub bytes: u64,
+    pub value: Result<Value, FieldError>,
+}
+
+/// The records of a JSON Lines or CSV stream, one [`RawLine`] per non-blank line (CSV:
+/// per record after the header row). Pure: no store, so the parsers can be tested (and
+/// fuzzed) without a database; `import_reader` stores what this yields.
+pub fn read_lines<R: BufRead>(reader: R, csv: bool) -> LineReader<R> {
+    if csv {
+        LineReader::Csv(CsvLines {
+            rdr: csv::ReaderBuilder::new()
+                .flexible(false)
+                .from_reader(reader),
+            headers: None,
+            rec: csv::ByteRecord::new(),
+            done: false,
+            records: 0,
+        })
+    } else {
+        LineReader::Json(JsonLines {
+            reader,
+            buf: Vec::with_capacity(4096),
+            line: 0,
+            bytes: 0,
+        })
+    }
+}
+
+pub enum LineReader<R> {
+    Json(JsonLines<R>),
+    Csv(CsvLines<R>),
+}
+
+impl<R: BufRead> Iterator for LineReader<R> {
+    type Item = Result<RawLine, ImportError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            LineReader::Json(j) => j.next(),
+            LineReader::Csv(c) => c.next().map(Ok),
+        }
+    }
+}
+
+pub struct JsonLines<R> {
+    reader: R,
+    buf: Vec<u8>,
+    line: usize,
+    bytes: u64,
+}
+
+impl<R: BufRead> JsonLines<R> {
+    fn next(&mut self) -> Option<Result<RawLine, ImportError>> {
+        loop {
+            self.buf.clear();
+            let n = match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(n) => n,
+                Err(source) => {
+                    return Some(Err(ImportError::Read {
+                        name: String::new(),
+                        source,
+                    }));
+                }
+            };
+            if n == 0 {
+                return None;
+            }
+            self.line += 1;
+            self.bytes += n as u64;
+            let raw = trim_eol(&self.buf);
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Some(Ok(RawLine {
+                line: self.line,
+                bytes: self.bytes,
+                value: parse_json_line(raw),
+            }));
+        }
+    }
+}
+
+pub struct CsvLines<R> {
+    rdr: csv::Reader<R>,
+    headers: Option<Vec<String>>,
+    rec: csv::ByteRecord,
+    done: bool,
+    records: usize,
+}
+
+impl<R: BufRead> CsvLines<R> {
+    fn next(&mut self) -> Option<RawLine> {
+        if self.done {
+            return None;
+        }
+        if self.headers.is_none() {
+            match self.rdr.byte_headers() {
+                Ok(h) => {
+                    self.headers = Some(
+                        h.iter()
+                            .map(|h| String::from_utf8_lossy(h).trim().to_owned())
+                            .collect(),
+                    )
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(RawLine {
+                        line: 1,
+                        bytes: 0,
+                        value: Err(FieldError::line(format!("bad CSV header: {e}"))),
+                    });
+                }
+            }
+        }
+        let headers = self.headers.as_deref().unwrap_or_default();
+        match self.rdr.read_byte_record(&mut self.rec) {
+            Ok(false) => None,
+            Ok(true) => {
+                self.records += 1;
+                let pos = self.rec.position();
+                Some(RawLine {
+                    line: pos.map_or(0, |p| p.line() as usize),
+                    bytes: pos.map_or(0, |p| p.byte()),
+                    value: csv_to_json(headers, &self.rec),
+                })
+            }
+            Err(e) => {
+                self.records += 1;
+                let line = e.position().map_or(self.records + 1, |p| p.line() as usize);
+                // A record of the wrong width or with bad UTF-8 is one bad line; any other
+                // CSV error leaves the reader lost, so the rest is not guessed at.
+                if !matches!(
+                    e.kind(),
+                    csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }
+                ) {
+                    self.done = true;
+                }
+                Some(RawLine {
+                    line,
+                    bytes: e.position().map_or(0, |p| p.byte()),
+                    value: Err(FieldError::line(format!("bad CSV: {e}"))),
+                })
+            }
+        }
+    }
 }
 
 /// Stores chunks on a task of their own, one at a time and in order, so parsing the
@@ -364,6 +447,10 @@ pub fn parse_json_line(raw: &[u8]) -> Result<Value, FieldError> {
 fn csv_to_json(headers: &[String], rec: &csv::ByteRecord) -> Result<Value, FieldError> {
     let mut obj = Map::new();
     for (h, cell) in headers.iter().zip(rec.iter()) {
+        // A column without a name (a trailing comma in the header) is no field of ours.
+        if h.is_empty() {
+            continue;
+        }
         let cell = std::str::from_utf8(cell)
             .map_err(|_| FieldError::new(h.as_str(), "not valid UTF-8"))?
             .trim();

@@ -1,7 +1,12 @@
 //! Money in minor units (cents) of the store currency. Decimal strings in, exact
 //! integers inside: no float ever touches a price.
 
+use super::shown;
 use std::fmt;
+
+/// Prices are below a trillion units: far above any real price, and `times` and sums of
+/// many stay far from `i64` overflow.
+const MAX_WHOLE: i64 = 1_000_000_000_000;
 
 #[derive(
     Debug,
@@ -26,30 +31,42 @@ impl Money {
     pub const fn minor(self) -> i64 {
         self.0
     }
-    /// Parses a non-negative decimal string with at most two decimals ("24.99", "5",
-    /// "0.5").
+    /// Parses a non-negative decimal string: digits, optionally a point and one or two
+    /// more digits ("24.99", "5", "0.5"). Nothing else: no spaces, sign, exponent, hex,
+    /// comma or thousands separator, so a malformed export is refused rather than guessed.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let s = raw.trim();
-        if s.starts_with('-') {
-            return Err(format!("{s:?} is negative"));
+        const EXPECTED: &str =
+            "expected digits with an optional point and one or two decimals, like \"24.99\"";
+        let q = shown(raw);
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if raw.is_empty() {
+            return Err(format!("is empty; {EXPECTED}"));
         }
-        let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-        let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty()
-            || !digits(whole)
-            || !digits(frac)
-            || (s.contains('.') && frac.is_empty())
-        {
-            return Err(format!("{s:?} is not a decimal"));
+        if raw.trim() != raw {
+            return Err(format!("{q} has surrounding spaces; {EXPECTED}"));
+        }
+        let (whole, frac) = raw.split_once('.').unwrap_or((raw, "00"));
+        if let Some(unsigned) = whole.strip_prefix('-') {
+            return Err(if digits(unsigned) && digits(frac) {
+                format!("{q} is negative; prices are 0 or more")
+            } else {
+                format!("{q} is not a decimal: {EXPECTED}")
+            });
+        }
+        if whole.starts_with('+') {
+            return Err(format!("{q} has a sign; {EXPECTED}"));
+        }
+        if !digits(whole) || !digits(frac) {
+            return Err(format!("{q} is not a decimal: {EXPECTED}"));
         }
         if frac.len() > 2 {
-            return Err(format!("{s:?} has more than two decimals"));
+            return Err(format!("{q} has more than two decimals"));
         }
         let whole: i64 = whole
             .parse()
             .ok()
-            .filter(|w: &i64| *w < 1_000_000_000_000)
-            .ok_or_else(|| format!("{s:?} is too large"))?;
+            .filter(|w: &i64| *w < MAX_WHOLE)
+            .ok_or_else(|| format!("{q} is too large; at most {}.99", MAX_WHOLE - 1))?;
         let frac: i64 = format!("{frac:0<2}").parse().unwrap_or(0);
         Ok(Self(whole * 100 + frac))
     }
@@ -95,8 +112,25 @@ mod tests {
 
     #[test]
     fn refuses_bad_money() {
-        for bad in ["abc", "-1.00", "", "1.234", "1.", ".5", "1e3", "1,00"] {
-            assert!(Money::parse(bad).is_err(), "{bad}");
+        for bad in [
+            "abc", "-1.00", "", "1.234", "1.", ".5", "1e3", "1,00", " 1.00", "1.00 ", "+1", "0x10",
+            "1 000", "1_000", "١٢", "-", "--1", "1.-5", "NaN", "inf",
+        ] {
+            let why = Money::parse(bad).unwrap_err();
+            assert!(why.len() < 200, "{why}");
         }
+        assert!(Money::parse(" 1.00").unwrap_err().contains("spaces"));
+        assert!(Money::parse("+1").unwrap_err().contains("sign"));
+        assert!(Money::parse("-1.00").unwrap_err().contains("negative"));
+        for why in ["1e3", "0x10", "1,00"].map(|b| Money::parse(b).unwrap_err()) {
+            assert!(why.contains("is not a decimal: expected digits"), "{why}");
+        }
+        assert!(Money::parse("999999999999.99").is_ok());
+        assert!(
+            Money::parse("1000000000000")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(Money::parse(&"9".repeat(100_000)).unwrap_err().len() < 200);
     }
 }

@@ -2,7 +2,10 @@
 //! a JSON object first (see `import`), so there is one parser per kind for JSON Lines,
 //! CSV and the HTTP API alike.
 
-use super::{CustomerId, EmailAddress, Money, OrderId, ProductId, Timestamp, parse_rfc3339};
+use super::text::{
+    MAX_LOCALE_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, check_text,
+};
+use super::{CustomerId, EmailAddress, Money, OrderId, ProductId, Timestamp, parse_rfc3339, shown};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -39,9 +42,10 @@ pub struct CategoryPath(String);
 
 impl CategoryPath {
     pub fn parse(raw: &str) -> Result<Self, String> {
+        check_text(raw, MAX_TITLE_CHARS, false)?;
         let parts: Vec<&str> = raw.split('>').map(str::trim).collect();
         if parts.iter().any(|p| p.is_empty()) {
-            return Err(format!("{raw:?} has an empty segment"));
+            return Err(format!("{} has an empty segment", shown(raw)));
         }
         Ok(Self(parts.join(" > ")))
     }
@@ -99,7 +103,8 @@ impl OrderStatus {
             "refunded" => Self::Refunded,
             _ => {
                 return Err(format!(
-                    "{raw:?} is not one of pending|completed|delivered|cancelled|refunded"
+                    "{} is not one of pending|completed|delivered|cancelled|refunded",
+                    shown(raw)
                 ));
             }
         })
@@ -155,7 +160,8 @@ impl EventKind {
             "add_to_cart" => Self::AddToCart,
             _ => {
                 return Err(format!(
-                    "{raw:?} is not one of view|recommendation_impression|add_to_cart"
+                    "{} is not one of view|recommendation_impression|add_to_cart",
+                    shown(raw)
                 ));
             }
         })
@@ -209,6 +215,15 @@ impl<'a> Fields<'a> {
         self.opt_str(key)?
             .ok_or_else(|| FieldError::new(key, "missing"))
     }
+    /// An optional free-text field (see `text`); a blank value counts as absent only
+    /// where the caller says so.
+    fn opt_text(&self, key: &str, max: usize, tab: bool) -> Result<Option<&'a str>, FieldError> {
+        let s = self.opt_str(key)?;
+        if let Some(s) = s {
+            check_text(s, max, tab).map_err(|why| FieldError::new(key, why))?;
+        }
+        Ok(s)
+    }
     fn parsed<T>(&self, key: &str, p: impl Fn(&str) -> Result<T, String>) -> Result<T, FieldError> {
         p(self.str(key)?).map_err(|why| FieldError::new(key, why))
     }
@@ -248,14 +263,10 @@ fn kind(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("the boolean {b}"),
         Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {:?}", truncate(s)),
+        Value::String(s) => format!("the string {}", shown(s)),
         Value::Array(_) => "an array".into(),
         Value::Object(_) => "an object".into(),
     }
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 fn non_empty(key: &str, s: Option<&str>) -> Result<Option<String>, FieldError> {
@@ -269,7 +280,7 @@ fn currency(s: &str) -> Result<String, String> {
     if s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(s.to_owned())
     } else {
-        Err(format!("{s:?} is not a three-letter ISO 4217 code"))
+        Err(format!("{} is not a three-letter ISO 4217 code", shown(s)))
     }
 }
 
@@ -288,11 +299,35 @@ fn id_list(key: &str, arr: &[Value]) -> Result<Vec<ProductId>, FieldError> {
         .collect()
 }
 
+/// An item's quantity: a JSON integer from 1 to `u32::MAX`. Every refusal says the
+/// range, whatever the wrong value was (negative, huge, a fraction, a string).
+fn quantity(v: &Value) -> Result<u32, String> {
+    let expected = format!("must be a whole number from 1 to {}", u32::MAX);
+    match v {
+        Value::Number(n) => match n.as_u64().map(u32::try_from) {
+            Some(Ok(q)) if q >= 1 => Ok(q),
+            // 2.0 or 1e3: the right value in the wrong notation.
+            _ if n.is_f64()
+                && n.as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && (1.0..=u32::MAX as f64).contains(&f)) =>
+            {
+                Err(format!(
+                    "{expected}, written without a fraction or exponent; got {n}"
+                ))
+            }
+            _ => Err(format!("{expected}, got {n}")),
+        },
+        other => Err(format!("{expected}, got {}", kind(other))),
+    }
+}
+
 impl Product {
     pub fn from_json(v: &Value) -> Result<Self, FieldError> {
         let f = Fields::of(v)?;
         let id = f.parsed("id", ProductId::parse)?;
-        let title = non_empty("title", Some(f.str("title")?))?.unwrap_or_default();
+        let title = f.str("title")?;
+        check_text(title, MAX_TITLE_CHARS, true).map_err(|why| FieldError::new("title", why))?;
+        let title = non_empty("title", Some(title))?.unwrap_or_default();
         let compatible_with = match f.get("compatible_with") {
             Some(Value::Array(a)) => id_list("compatible_with", a)?,
             None => Vec::new(),
@@ -308,7 +343,9 @@ impl Product {
             .iter()
             .enumerate()
             .map(|(i, t)| match t {
-                Value::String(s) => Ok(s.clone()),
+                Value::String(s) => check_text(s, MAX_TAG_CHARS, false)
+                    .map(|()| s.clone())
+                    .map_err(|why| FieldError::new(format!("tags[{i}]"), why)),
                 other => Err(FieldError::new(
                     format!("tags[{i}]"),
                     format!("must be a string, got {}", kind(other)),
@@ -318,14 +355,14 @@ impl Product {
         Ok(Self {
             id,
             title,
-            url: non_empty("url", f.opt_str("url")?)?,
-            image_url: non_empty("image_url", f.opt_str("image_url")?)?,
+            url: non_empty("url", f.opt_text("url", MAX_URL_CHARS, false)?)?,
+            image_url: non_empty("image_url", f.opt_text("image_url", MAX_URL_CHARS, false)?)?,
             price: f.parsed("price", Money::parse)?,
             currency: f
                 .opt_parsed("currency", currency)?
                 .unwrap_or_else(|| "USD".into()),
             category: f.opt_parsed("category", CategoryPath::parse)?,
-            brand: non_empty("brand", f.opt_str("brand")?)?,
+            brand: non_empty("brand", f.opt_text("brand", MAX_NAME_CHARS, true)?)?,
             in_stock: f.opt_bool("in_stock")?.unwrap_or(true),
             compatible_with,
             tags,
@@ -339,18 +376,18 @@ impl Customer {
         let timezone = f.opt_parsed("timezone", |s| {
             s.parse::<chrono_tz::Tz>()
                 .map(|_| s.to_owned())
-                .map_err(|_| format!("{s:?} is not an IANA time zone name"))
+                .map_err(|_| format!("{} is not an IANA time zone name", shown(s)))
         })?;
         Ok(Self {
             id: f.parsed("id", CustomerId::parse)?,
             email: f.parsed("email", EmailAddress::parse)?,
             name: f
-                .opt_str("name")?
+                .opt_text("name", MAX_NAME_CHARS, true)?
                 .map(str::to_owned)
                 .filter(|s| !s.trim().is_empty()),
             timezone,
             locale: f
-                .opt_str("locale")?
+                .opt_text("locale", MAX_LOCALE_CHARS, false)?
                 .map(str::to_owned)
                 .filter(|s| !s.is_empty()),
             marketing_consent: f.opt_bool("marketing_consent")?.unwrap_or(false),
@@ -410,27 +447,7 @@ impl Order {
             }
             let quantity = match obj.get("quantity") {
                 None | Some(Value::Null) => 1,
-                Some(Value::Number(n)) => match n.as_i64() {
-                    Some(q) if q >= 1 && q <= u32::MAX as i64 => q as u32,
-                    Some(q) => {
-                        return Err(FieldError::new(
-                            at("quantity"),
-                            format!("must be at least 1, got {q}"),
-                        ));
-                    }
-                    None => {
-                        return Err(FieldError::new(
-                            at("quantity"),
-                            format!("must be an integer, got {n}"),
-                        ));
-                    }
-                },
-                Some(other) => {
-                    return Err(FieldError::new(
-                        at("quantity"),
-                        format!("must be an integer, got {}", kind(other)),
-                    ));
-                }
+                Some(v) => quantity(v).map_err(|why| FieldError::new(at("quantity"), why))?,
             };
             let unit_price = match obj.get("unit_price") {
                 Some(Value::String(s)) => {

@@ -45,13 +45,17 @@ impl serde::Serialize for Timestamp {
 pub fn parse_rfc3339(raw: &str) -> Result<Timestamp, String> {
     DateTime::parse_from_rfc3339(raw.trim())
         .map(|t| Timestamp(t.timestamp_millis()))
-        .map_err(|e| format!("{raw:?} is not an RFC 3339 time ({e})"))
+        .map_err(|e| format!("{} is not an RFC 3339 time ({e})", super::shown(raw)))
 }
 
 /// A humane duration: "0s", "15m", "3d", "90d", "1h 30m".
 pub fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(raw.trim())
-        .map_err(|e| format!("{raw:?} is not a duration like \"15m\" or \"3d\" ({e})"))
+    humantime::parse_duration(raw.trim()).map_err(|e| {
+        format!(
+            "{} is not a duration like \"15m\" or \"3d\" ({e})",
+            super::shown(raw)
+        )
+    })
 }
 
 #[cfg(test)]

@@ -26,10 +26,17 @@ use std::path::Path;
 /// Width of the plain-text part generated from HTML (RFC 5322 recommends ≤ 78).
 const TEXT_WIDTH: usize = 78;
 
+/// Longest subject, in characters; a longer one is cut and ends in "…". RFC 5322 allows
+/// 998 characters a header line, and the mailer folds encoded (non-ASCII) subjects, so
+/// this keeps every line of the header within the limit with room to spare, whatever the
+/// names and titles a template puts in; clients show about 60–80 characters anyway.
+pub const MAX_SUBJECT_CHARS: usize = 250;
+
 /// One rendered email.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rendered {
-    /// Single line, trimmed (newlines and runs of spaces collapsed).
+    /// Single line, trimmed (newlines and runs of spaces collapsed), without control
+    /// characters, at most [`MAX_SUBJECT_CHARS`] characters.
     pub subject: String,
     /// Full HTML document with the `<style>` rules inlined into `style` attributes.
     pub html: String,
@@ -186,7 +193,10 @@ impl Templates {
         } else {
             ctx.preheader.clone()
         };
-        let subject = one_line(&self.render_file(&format!("{template}/subject.txt"), &tctx)?);
+        let subject = capped(
+            one_line(&self.render_file(&format!("{template}/subject.txt"), &tctx)?),
+            MAX_SUBJECT_CHARS,
+        );
         let raw_html = self.render_file(&body_html, &tctx)?;
         let html = self.inliner.inline(&raw_html).map_err(|e| {
             self.sources
@@ -298,9 +308,26 @@ pub fn check(dir: &Path, campaigns: &[(String, String)]) -> Vec<Problem> {
     }
 }
 
-/// Subject and preheader are header-like: one line, no surrounding space.
+/// Subject and preheader are header-like: one line, no surrounding space, and no control
+/// character (a NUL from a stored name must not reach a header raw).
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let words: Vec<String> = s
+        .split_whitespace()
+        .map(|w| w.chars().filter(|c| !c.is_control()).collect::<String>())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.join(" ")
+}
+
+/// `s` cut to at most `max` characters, the cut marked with "…".
+fn capped(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s,
+        Some(_) => {
+            let keep = s.char_indices().nth(max - 1).map_or(s.len(), |(i, _)| i);
+            format!("{}…", s[..keep].trim_end())
+        }
+    }
 }
 
 fn html_to_text(html: &str) -> Result<String, html2text::Error> {

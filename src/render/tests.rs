@@ -365,3 +365,90 @@ fn reload_keeps_last_good_and_picks_up_good_changes() {
         "{after}"
     );
 }
+
+/// Every line of the header block (bytes before the blank line) of the message the
+/// mailer builds from `r`.
+fn header_lines(r: Rendered) -> Vec<Vec<u8>> {
+    let email = crate::mail::OutgoingEmail {
+        from: "Shop <shop@example.com>".into(),
+        to: "a@example.com".into(),
+        subject: r.subject,
+        html: r.html,
+        text: r.text,
+        message_id: "fu-1@example.com".into(),
+        headers: vec![],
+    };
+    let raw = crate::mail::build_message(&email).unwrap().formatted();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    raw[..end]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec())
+        .collect()
+}
+
+#[test]
+fn a_huge_name_and_title_give_a_capped_subject_and_header_lines_within_998() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    for (name, title) in [
+        ("A".repeat(100_000), "T".repeat(100_000)),
+        ("Zoë😀".repeat(20_000), "Kamera ☕ ".repeat(20_000)),
+    ] {
+        let mut ctx = sample_context("upgrade", "upgrades");
+        ctx.customer = CustomerInfo::new("C1", Some(name), "a@example.com", "en-US", "UTC");
+        ctx.items[0].title = title;
+        let r = t.render("upgrade", &ctx).unwrap();
+        assert_eq!(
+            r.subject.chars().count(),
+            MAX_SUBJECT_CHARS,
+            "{}",
+            r.subject
+        );
+        assert!(r.subject.ends_with('…'));
+
+        for line in header_lines(r) {
+            assert!(line.len() <= 998, "a header line of {} bytes", line.len());
+        }
+    }
+}
+
+#[test]
+fn control_characters_never_reach_the_subject() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    let mut ctx = sample_context("upgrade", "upgrades");
+    ctx.customer = CustomerInfo::new(
+        "C1",
+        Some("Ada\0\u{1}\u{7f}\u{9b}".into()),
+        "a@example.com",
+        "en-US",
+        "UTC",
+    );
+    ctx.items[0].title = "Lens\0 Cap\r\nBcc: x@evil.example".into();
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert!(!r.subject.chars().any(char::is_control), "{:?}", r.subject);
+    assert!(r.subject.starts_with("Ada, "), "{}", r.subject);
+    assert!(
+        r.subject.ends_with("Lens Cap Bcc: x@evil.example"),
+        "{}",
+        r.subject
+    );
+
+    for line in header_lines(r) {
+        assert!(
+            !line.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f),
+            "{:?}",
+            String::from_utf8_lossy(&line)
+        );
+        assert!(!line.starts_with(b"Bcc:"));
+    }
+}
+
+#[test]
+fn subjects_are_cut_on_a_character_boundary() {
+    assert_eq!(capped("abc".into(), 3), "abc");
+    assert_eq!(capped("abcd".into(), 3), "ab…");
+    assert_eq!(capped("a ☕d".into(), 3), "a…");
+    assert_eq!(one_line(" a\0b \n\u{1} c "), "ab c");
+}

@@ -427,7 +427,7 @@ impl Store {
                 let row = CustomerRow {
                     customer: Customer {
                         id: CustomerId::parse(&r.try_get::<String, _>("id")?).map_err(StoreError::Corrupt)?,
-                        email: EmailAddress::parse(&r.try_get::<String, _>("email")?).map_err(StoreError::Corrupt)?,
+                        email: EmailAddress::stored(r.try_get::<String, _>("email")?),
                         name: r.try_get("name")?,
                         timezone: r.try_get("timezone")?,
                         locale: r.try_get("locale")?,
