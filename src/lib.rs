@@ -7,6 +7,7 @@ pub mod campaign;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub(crate) mod files;
 pub mod http;
 pub mod import;
 pub mod jobs;

@@ -1,7 +1,10 @@
 //! Signed unsubscribe tokens: `base64url(customer_id "." scope) "." base64url(HMAC-SHA256)`.
 //! The signature covers the customer and the scope, so a forged or altered token is
-//! refused and changes nothing.
+//! refused and changes nothing. New tokens are signed with the current key; after a key
+//! rotation the previous key is still accepted until a set instant, so links in emails
+//! already sent keep working for that long.
 
+use crate::domain::Timestamp;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
@@ -20,6 +23,8 @@ pub struct Unsubscribe {
 #[derive(Clone)]
 pub struct Signer {
     key: Vec<u8>,
+    /// The key before the last rotation and the instant it stops being accepted.
+    previous: Option<(Vec<u8>, Timestamp)>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -32,27 +37,47 @@ impl Signer {
     pub fn new(secret: &str) -> Signer {
         Signer {
             key: secret.as_bytes().to_vec(),
+            previous: None,
         }
     }
 
-    fn mac(&self, payload: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+    /// Also accepts tokens signed with `secret` (the key before a rotation) before `until`.
+    pub fn with_previous(mut self, secret: &str, until: Timestamp) -> Signer {
+        self.previous = Some((secret.as_bytes().to_vec(), until));
+        self
+    }
+
+    fn mac(key: &[u8], payload: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(payload);
         mac
     }
 
+    /// A token signed with the current key.
     pub fn token(&self, customer_id: &str, scope: &str) -> String {
         let payload = format!("{customer_id}\n{scope}");
-        let sig = self.mac(payload.as_bytes()).finalize().into_bytes();
+        let sig = Self::mac(&self.key, payload.as_bytes())
+            .finalize()
+            .into_bytes();
         format!("{}.{}", B64.encode(payload), B64.encode(sig))
     }
 
-    /// Checks the signature in constant time; None for anything forged or malformed.
-    pub fn verify(&self, token: &str) -> Option<Unsubscribe> {
+    /// Checks the signature in constant time against the current key, then (before its
+    /// end) the previous one; None for anything forged, malformed or signed with a key
+    /// that is no longer accepted at `now`.
+    pub fn verify(&self, token: &str, now: Timestamp) -> Option<Unsubscribe> {
         let (payload, sig) = token.split_once('.')?;
         let payload = B64.decode(payload).ok()?;
         let sig = B64.decode(sig).ok()?;
-        self.mac(&payload).verify_slice(&sig).ok()?;
+        let signed_by = |key: &[u8]| Self::mac(key, &payload).verify_slice(&sig).is_ok();
+        let valid = signed_by(&self.key)
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|(key, until)| now < *until && signed_by(key));
+        if !valid {
+            return None;
+        }
         let text = String::from_utf8(payload).ok()?;
         let (customer_id, scope) = text.split_once('\n')?;
         Some(Unsubscribe {
@@ -74,19 +99,42 @@ pub fn random_secret() -> String {
 mod tests {
     use super::*;
 
+    const NOW: Timestamp = Timestamp(1_700_000_000_000);
+
     #[test]
     fn tokens_round_trip_and_refuse_tampering() {
         let s = Signer::new("k1");
         let t = s.token("C000001", "all");
-        assert_eq!(s.verify(&t).unwrap().customer_id, "C000001");
-        assert!(Signer::new("k2").verify(&t).is_none());
+        assert_eq!(s.verify(&t, NOW).unwrap().customer_id, "C000001");
+        assert!(Signer::new("k2").verify(&t, NOW).is_none());
         let (p, sig) = t.split_once('.').unwrap();
         let other = B64.encode("C000002\nall");
-        assert!(s.verify(&format!("{other}.{sig}")).is_none());
+        assert!(s.verify(&format!("{other}.{sig}"), NOW).is_none());
         assert!(
-            s.verify(&format!("{p}.{}", B64.encode([0u8; 32])))
+            s.verify(&format!("{p}.{}", B64.encode([0u8; 32])), NOW)
                 .is_none()
         );
-        assert!(s.verify("garbage").is_none());
+        assert!(s.verify("garbage", NOW).is_none());
+    }
+
+    #[test]
+    fn the_previous_key_is_accepted_until_its_end_and_new_tokens_use_the_current_one() {
+        let old = Signer::new("old").token("C000001", "all");
+        let until = Timestamp(NOW.0 + 1000);
+        let rotated = Signer::new("new").with_previous("old", until);
+        assert_eq!(rotated.verify(&old, NOW).unwrap().customer_id, "C000001");
+        assert!(rotated.verify(&old, Timestamp(until.0 - 1)).is_some());
+        assert!(rotated.verify(&old, until).is_none());
+        assert!(rotated.verify(&old, Timestamp(until.0 + 1)).is_none());
+
+        let new = rotated.token("C000001", "all");
+        assert!(Signer::new("old").verify(&new, NOW).is_none());
+        assert!(Signer::new("new").verify(&new, NOW).is_some());
+        assert!(rotated.verify(&new, Timestamp(until.0 + 1)).is_some());
+        // A signature made with neither key stays refused in the window.
+        let (p, _) = old.split_once('.').unwrap();
+        let forged = Signer::new("guess").token("C000001", "all");
+        let (_, sig) = forged.split_once('.').unwrap();
+        assert!(rotated.verify(&format!("{p}.{sig}"), NOW).is_none());
     }
 }

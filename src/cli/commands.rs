@@ -303,7 +303,7 @@ pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
         pool_size: s.smtp.pool_size,
         timeout: s.smtp.timeout,
         username: s.smtp.username.clone(),
-        password: s.smtp.password.clone(),
+        password: s.smtp.password.as_ref().map(|p| p.expose().to_owned()),
     };
     let mut mailer = Mailer::connect(cfg)
         .await

@@ -33,15 +33,31 @@ pub async fn open_store(s: &Settings) -> Result<Store, CliError> {
 /// The store plus templates, model and signing key: what picks, previews and sends need.
 pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engine, CliError> {
     let secret = match &s.unsubscribe.secret {
-        Some(k) => k.clone(),
-        // No key configured: one generated and kept in the database, so links stay valid
-        // across restarts and workers.
+        Some(k) => k.expose().to_owned(),
+        // No key configured: one generated and kept in the database (owner-only files
+        // for SQLite), so links stay valid across restarts and workers.
         None => {
             store
                 .meta_get_or_init("unsubscribe_secret", random_secret)
                 .await?
         }
     };
+    let mut signer = Signer::new(&secret);
+    if let Some(p) = &s.unsubscribe.previous {
+        signer = signer.with_previous(p.secret.expose(), p.until);
+        if clock.now() < p.until {
+            tracing::info!(
+                until = %p.until.rfc3339(),
+                "unsubscribe links signed with the previous key are accepted until then"
+            );
+        } else {
+            tracing::warn!(
+                until = %p.until.rfc3339(),
+                "unsubscribe.previous_secret has expired: links signed with it are refused; \
+                 remove AFTERCART__UNSUBSCRIBE__PREVIOUS_SECRET"
+            );
+        }
+    }
     let campaigns = s.campaign_templates();
     let templates = LiveTemplates::load(&s.templates_dir, &campaigns).map_err(|problems| {
         CliError::BadInput(
@@ -58,7 +74,7 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
         settings: Arc::new(s),
         model: Arc::new(RwLock::new(Arc::new(model))),
         templates,
-        signer: Signer::new(&secret),
+        signer,
         clock,
     })
 }

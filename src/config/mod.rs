@@ -1,13 +1,18 @@
 //! Settings: `config.toml` (or `--config PATH`) overlaid with `AFTERCART__SECTION__KEY`
 //! environment variables, checked strictly. A wrong key or value is refused with the
-//! key's name and what was expected; secrets are only read from the environment.
+//! key's name and what was expected (the variable's name when the environment set it);
+//! secrets are read from the environment and held as [`Secret`]s, never printed.
 
-use crate::domain::{CampaignName, Strategy, Trigger, parse_duration};
+use crate::domain::{CampaignName, Strategy, Timestamp, Trigger};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod keys;
 mod raw;
+mod secret;
+
+pub use secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -24,6 +29,17 @@ pub enum ConfigError {
         key: String,
         why: String,
     },
+    /// A value set by an `AFTERCART__SECTION__KEY` variable: the variable is named, the
+    /// file is not (it is not to blame).
+    #[error("{var}: {why} (key {key})")]
+    Env {
+        var: String,
+        key: String,
+        why: String,
+    },
+    /// An `AFTERCART__…` variable that names no key.
+    #[error("{var}: {why}")]
+    EnvName { var: String, why: String },
 }
 
 #[derive(Debug, Clone)]
@@ -51,20 +67,31 @@ pub struct StoreSettings {
     pub locale: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseSettings {
+    /// May carry a password (postgres://user:pw@host/db): Debug redacts it.
     pub url: String,
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &crate::store::redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
 pub struct SmtpSettings {
+    /// May carry credentials (smtp://user:pw@host): Debug redacts the password.
     pub url: String,
     pub from: String,
     pub pool_size: usize,
     pub timeout: Duration,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -81,6 +108,24 @@ pub struct Dkim {
     pub selector: String,
     /// Signing domain; the From address's domain when None.
     pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("url", &crate::store::redact(&self.url))
+            .field("from", &self.from)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("rate_limit", &self.rate_limit)
+            .field("dkim", &self.dkim)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SmtpSettings {
@@ -118,8 +163,15 @@ pub struct WorkerSettings {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub bind: String,
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     pub max_body_bytes: usize,
+}
+
+impl HttpSettings {
+    /// The API token itself, for the constant-time comparison.
+    pub fn api_token(&self) -> Option<&str> {
+        self.api_token.as_ref().map(Secret::expose)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -139,13 +191,31 @@ pub struct QuietHours {
 
 #[derive(Debug, Clone)]
 pub struct UnsubscribeSettings {
-    pub secret: Option<String>,
+    /// Signs new links; None = a key generated once and kept in the database.
+    pub secret: Option<Secret>,
+    /// The key before the last rotation: links signed with it stay valid for a while.
+    pub previous: Option<PreviousKey>,
     pub mailto: Option<String>,
+}
+
+/// A retired unsubscribe signing key and when it stops being accepted.
+#[derive(Debug, Clone)]
+pub struct PreviousKey {
+    pub secret: Secret,
+    /// Links signed with this key are refused from this instant on.
+    pub until: Timestamp,
 }
 
 #[derive(Debug, Clone)]
 pub struct ShopifySettings {
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
+}
+
+impl ShopifySettings {
+    /// The HMAC key itself, for verifying a webhook.
+    pub fn webhook_secret(&self) -> Option<&str> {
+        self.webhook_secret.as_ref().map(Secret::expose)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -221,14 +291,6 @@ impl Settings {
 
 /// The committed `config.toml`, also the defaults `demo` falls back to.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config.toml");
-
-pub(crate) fn duration(origin: &str, key: &str, raw: &str) -> Result<Duration, ConfigError> {
-    parse_duration(raw).map_err(|why| ConfigError::Key {
-        origin: origin.into(),
-        key: key.into(),
-        why,
-    })
-}
 
 impl QuietHours {
     /// "21:00-08:00"; "" means none.

@@ -1,12 +1,16 @@
 //! The file's shape, read strictly (unknown keys refused), then turned into `Settings`.
 
+use super::keys::{self, Kind};
 use super::{
-    Campaign, CapPolicy, ConfigError, DatabaseSettings, HttpSettings, Limits, QuietHours, Settings,
-    ShopifySettings, SmtpSettings, StoreSettings, UnsubscribeSettings, WorkerSettings, duration,
+    Campaign, CapPolicy, ConfigError, DatabaseSettings, HttpSettings, Limits, PreviousKey,
+    QuietHours, Secret, Settings, ShopifySettings, SmtpSettings, StoreSettings,
+    UnsubscribeSettings, WorkerSettings,
 };
-use crate::domain::{CampaignName, Strategy, Trigger};
+use crate::domain::{CampaignName, Strategy, Trigger, parse_duration, parse_rfc3339};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::LazyLock;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +146,10 @@ impl Default for RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawUnsubscribe {
     secret: Option<String>,
+    /// The key before the last rotation, accepted for verification until
+    /// `previous_secret_until` (RFC 3339).
+    previous_secret: Option<String>,
+    previous_secret_until: Option<String>,
     mailto: Option<String>,
 }
 
@@ -219,31 +227,153 @@ fn defer() -> CapPolicy {
     CapPolicy::Defer
 }
 
-/// Applies `AFTERCART__SECTION__KEY=value` on top of the file. The value is read as a
-/// TOML value when it parses as one (numbers, booleans), else as a string.
+/// Keys holding secrets: they belong in the environment, and a file that holds one gets
+/// a warning naming the key. Each must be a string key (`config::tests` checks).
+pub(super) const SECRET_KEYS: &[&str] = &[
+    "smtp.password",
+    "http.api_token",
+    "shopify.webhook_secret",
+    "unsubscribe.secret",
+    "unsubscribe.previous_secret",
+];
+
+/// What every key of the file holds, read off the `Raw*` types once.
+pub(super) static KINDS: LazyLock<BTreeMap<String, Kind>> = LazyLock::new(|| {
+    keys::kinds::<Raw>().expect("every Raw field has a probeable type (config::tests)")
+});
+
+/// The variable that sets `key` ("worker.concurrency" → "AFTERCART__WORKER__CONCURRENCY").
+pub(super) fn env_var(key: &str) -> String {
+    format!("AFTERCART__{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Where the values came from, so an error blames the variable that set a key rather
+/// than the file.
+struct Origins<'a> {
+    file: &'a str,
+    /// Dotted key → the environment variable that set it.
+    env: BTreeMap<String, String>,
+}
+
+impl Origins<'_> {
+    fn err(&self, key: &str, why: impl Into<String>) -> ConfigError {
+        match self.env.get(key) {
+            Some(var) => ConfigError::Env {
+                var: var.clone(),
+                key: key.into(),
+                why: why.into(),
+            },
+            None => ConfigError::Key {
+                origin: self.file.into(),
+                key: key.into(),
+                why: why.into(),
+            },
+        }
+    }
+}
+
+/// The secret keys the file itself sets (to a non-empty value).
+pub(super) fn secrets_in(table: &toml::Table) -> Vec<&'static str> {
+    SECRET_KEYS
+        .iter()
+        .copied()
+        .filter(|key| {
+            let (section, name) = key.split_once('.').unwrap_or((key, ""));
+            table
+                .get(section)
+                .and_then(|s| s.get(name))
+                .is_some_and(|v| v.as_str() != Some(""))
+        })
+        .collect()
+}
+
+/// Turns one environment value into the TOML value its key expects. Strings are taken
+/// verbatim (`12345678`, `true` and `"abc"` with its quotes stay strings); numbers and
+/// booleans are parsed for their key. Only non-secret values are ever quoted back.
+fn env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
+    let v = value.trim();
+    match kind {
+        Kind::Text => Ok(toml::Value::String(value.to_owned())),
+        Kind::Whole => v
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| i64::try_from(n).ok())
+            .map(toml::Value::Integer)
+            .ok_or_else(|| format!("expected a whole number, got {value:?}")),
+        Kind::Integer => v
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("expected a whole number, got {value:?}")),
+        Kind::Number => v
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(toml::Value::Float)
+            .ok_or_else(|| format!("expected a number, got {value:?}")),
+        Kind::Bool => match v.to_ascii_lowercase().as_str() {
+            "true" => Ok(toml::Value::Boolean(true)),
+            "false" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("expected true or false, got {value:?}")),
+        },
+        Kind::Nested => Err("a table or list cannot be set from the environment".into()),
+    }
+}
+
+/// Applies `AFTERCART__SECTION__KEY=value` on top of the file; returns which variable set
+/// which key. An unknown section or key is refused like one in the file.
 fn overlay_env(
     table: &mut toml::Table,
     env: &[(String, String)],
     origin: &str,
-) -> Result<(), ConfigError> {
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut set_by = BTreeMap::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("AFTERCART__") else {
             continue;
         };
+        let refuse = |why: String| ConfigError::EnvName {
+            var: name.clone(),
+            why,
+        };
         let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
         let [section, key] = parts.as_slice() else {
-            return Err(ConfigError::Key {
-                origin: "environment".into(),
-                key: name.clone(),
-                why: "expected AFTERCART__SECTION__KEY".into(),
-            });
+            return Err(refuse("expected AFTERCART__SECTION__KEY".into()));
         };
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .filter(|v| !v.is_table() && !v.is_array())
-            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let dotted = format!("{section}.{key}");
+        let kind = match KINDS.get(&dotted) {
+            Some(kind) => *kind,
+            None if KINDS.contains_key(section) => {
+                let prefix = format!("{section}.");
+                let known: Vec<&str> = KINDS
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .collect();
+                return Err(refuse(if known.is_empty() {
+                    format!("[{section}] cannot be set from the environment")
+                } else {
+                    format!(
+                        "unknown key {dotted} (expected one of: {})",
+                        known.join(", ")
+                    )
+                }));
+            }
+            None => {
+                let sections: Vec<&str> = KINDS
+                    .keys()
+                    .filter(|k| !k.contains('.'))
+                    .map(String::as_str)
+                    .collect();
+                return Err(refuse(format!(
+                    "unknown section {section} (expected one of: {})",
+                    sections.join(", ")
+                )));
+            }
+        };
+        let parsed = env_value(kind, value).map_err(|why| ConfigError::Env {
+            var: name.clone(),
+            key: dotted.clone(),
+            why,
+        })?;
         let entry = table
             .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -255,8 +385,9 @@ fn overlay_env(
             });
         };
         sec.insert(key.clone(), parsed);
+        set_by.insert(dotted, name.clone());
     }
-    Ok(())
+    Ok(set_by)
 }
 
 pub(super) fn parse(
@@ -271,20 +402,29 @@ pub(super) fn parse(
                 path: origin.into(),
                 message: e.to_string(),
             })?;
-    overlay_env(&mut table, env, origin)?;
-    let raw: Raw = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        ConfigError::Key {
-            origin: origin.into(),
-            key: e.path().to_string(),
-            why: e.inner().to_string(),
-        }
-    })?;
-    let key_err = |key: &str, why: String| ConfigError::Key {
-        origin: origin.into(),
-        key: key.into(),
-        why,
+    for key in secrets_in(&table) {
+        tracing::warn!(
+            "{origin}: {key} holds a secret; set {} in the environment instead and remove it from the file",
+            env_var(key)
+        );
+    }
+    let origins = Origins {
+        file: origin,
+        env: overlay_env(&mut table, env, origin)?,
     };
-    let d = |key: &str, raw: &str| duration(origin, key, raw);
+    let raw: Raw = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        // A type error quotes the value; for a secret, say only what was expected.
+        let why = if SECRET_KEYS.contains(&key.as_str()) {
+            "expected a string".to_owned()
+        } else {
+            // `message()`: without toml's "in `key`" suffix; the key is named already.
+            e.inner().message().to_owned()
+        };
+        origins.err(&key, why)
+    })?;
+    let key_err = |key: &str, why: String| origins.err(key, why);
+    let d = |key: &str, raw: &str| parse_duration(raw).map_err(|why| origins.err(key, why));
 
     let timezone = raw.store.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
         key_err(
@@ -308,7 +448,10 @@ pub(super) fn parse(
     {
         return Err(key_err(
             "database.url",
-            format!("{db:?} is not sqlite://FILE or postgres://…"),
+            format!(
+                "{:?} is not sqlite://FILE or postgres://…",
+                crate::store::redact(db)
+            ),
         ));
     }
     let smtp = &raw.smtp.url;
@@ -319,7 +462,10 @@ pub(super) fn parse(
     {
         return Err(key_err(
             "smtp.url",
-            format!("{smtp:?} is not smtp://host:port, smtps://host:port or file://DIR"),
+            format!(
+                "{:?} is not smtp://host:port, smtps://host:port or file://DIR",
+                crate::store::redact(smtp)
+            ),
         ));
     }
     if raw.worker.concurrency == 0 {
@@ -374,6 +520,33 @@ pub(super) fn parse(
         });
     }
 
+    let previous_until = raw
+        .unsubscribe
+        .previous_secret_until
+        .as_deref()
+        .map(|t| parse_rfc3339(t).map_err(|why| key_err("unsubscribe.previous_secret_until", why)))
+        .transpose()?;
+    let previous = match (
+        raw.unsubscribe.previous_secret.filter(|s| !s.is_empty()),
+        previous_until,
+    ) {
+        (None, _) => None,
+        (Some(secret), Some(until)) => Some(PreviousKey {
+            secret: Secret::new(secret),
+            until,
+        }),
+        (Some(_), None) => {
+            return Err(key_err(
+                "unsubscribe.previous_secret",
+                format!(
+                    "needs unsubscribe.previous_secret_until ({}): the RFC 3339 time after which \
+                     links signed with the previous key are refused",
+                    env_var("unsubscribe.previous_secret_until")
+                ),
+            ));
+        }
+    };
+
     let templates_dir = match raw.templates.dir {
         Some(dir) => base_dir.join(dir),
         None => base_dir.join("templates"),
@@ -398,7 +571,7 @@ pub(super) fn parse(
             pool_size: raw.smtp.pool_size,
             timeout: d("smtp.timeout", &raw.smtp.timeout)?,
             username: raw.smtp.username,
-            password: raw.smtp.password,
+            password: raw.smtp.password.map(Secret::new),
             max_attempts: raw.smtp.max_attempts,
             retry_base: d("smtp.retry_base", &raw.smtp.retry_base)?,
             retry_max: d("smtp.retry_max", &raw.smtp.retry_max)?,
@@ -431,7 +604,11 @@ pub(super) fn parse(
         },
         http: HttpSettings {
             bind: raw.http.bind,
-            api_token: raw.http.api_token.filter(|t| !t.is_empty()),
+            api_token: raw
+                .http
+                .api_token
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
             max_body_bytes: raw.http.max_body_bytes,
         },
         limits: Limits {
@@ -444,11 +621,20 @@ pub(super) fn parse(
             repeat_window: d("limits.repeat_window", &raw.limits.repeat_window)?,
         },
         unsubscribe: UnsubscribeSettings {
-            secret: raw.unsubscribe.secret.filter(|s| !s.is_empty()),
+            secret: raw
+                .unsubscribe
+                .secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            previous,
             mailto: raw.unsubscribe.mailto,
         },
         shopify: ShopifySettings {
-            webhook_secret: raw.shopify.webhook_secret.filter(|s| !s.is_empty()),
+            webhook_secret: raw
+                .shopify
+                .webhook_secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
         },
         campaigns,
         templates_dir,

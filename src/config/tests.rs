@@ -75,3 +75,256 @@ fn quiet_hours_wrap_midnight() {
     assert!(!q.contains(t(8, 0)) && !q.contains(t(12, 0)));
     assert!(QuietHours::parse("").unwrap().is_none());
 }
+
+const TRICKY: &[&str] = &[
+    "12345678",
+    "0x1F",
+    "true",
+    "inf",
+    "nan",
+    "1e3",
+    "\"abc\"",
+    "'abc'",
+    "[1, 2]",
+    "{ a = 1 }",
+    "a = b",
+    " spaced # not a comment ",
+];
+
+#[test]
+fn every_key_has_a_kind_read_off_the_file_types() {
+    use keys::Kind;
+    let kinds = &*raw::KINDS;
+    assert_eq!(kinds["worker.concurrency"], Kind::Whole);
+    assert_eq!(kinds["smtp.rate_limit"], Kind::Whole);
+    assert_eq!(kinds["smtp.timeout"], Kind::Text);
+    assert_eq!(kinds["smtp.username"], Kind::Text);
+    assert_eq!(kinds["unsubscribe.previous_secret_until"], Kind::Text);
+    assert_eq!(kinds["store"], Kind::Nested);
+    assert_eq!(kinds["campaigns"], Kind::Nested);
+    for key in raw::SECRET_KEYS {
+        assert_eq!(kinds.get(*key), Some(&Kind::Text), "{key}");
+    }
+    // Every key of the shipped file is known, so each one can be set from the environment.
+    let shipped: toml::Table = DEFAULT_CONFIG.parse().unwrap();
+    for (section, keys) in &shipped {
+        let Some(keys) = keys.as_table() else {
+            continue;
+        };
+        for key in keys.keys() {
+            assert!(
+                kinds.contains_key(&format!("{section}.{key}")),
+                "{section}.{key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn environment_strings_are_taken_verbatim() {
+    for value in TRICKY {
+        let s = load_text(
+            DEFAULT_CONFIG,
+            &[
+                ("AFTERCART__HTTP__API_TOKEN", value),
+                ("AFTERCART__SMTP__PASSWORD", value),
+                ("AFTERCART__SMTP__USERNAME", value),
+                ("AFTERCART__SHOPIFY__WEBHOOK_SECRET", value),
+                ("AFTERCART__UNSUBSCRIBE__SECRET", value),
+                ("AFTERCART__STORE__NAME", value),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(s.http.api_token.as_ref().unwrap().expose(), *value);
+        assert_eq!(s.smtp.password.as_ref().unwrap().expose(), *value);
+        assert_eq!(s.smtp.username.as_deref(), Some(*value));
+        assert_eq!(s.shopify.webhook_secret.as_ref().unwrap().expose(), *value);
+        assert_eq!(s.unsubscribe.secret.as_ref().unwrap().expose(), *value);
+        assert_eq!(s.store.name, *value);
+    }
+}
+
+#[test]
+fn environment_numbers_are_parsed_per_key_and_a_bad_one_names_the_variable() {
+    let s = load_text(
+        DEFAULT_CONFIG,
+        &[
+            ("AFTERCART__WORKER__CONCURRENCY", " 12 "),
+            ("AFTERCART__SMTP__RATE_LIMIT", "50"),
+        ],
+    )
+    .unwrap();
+    assert_eq!((s.worker.concurrency, s.smtp.rate_limit), (12, 50));
+
+    let cases = [
+        (
+            "AFTERCART__WORKER__CONCURRENCY",
+            "lots",
+            "AFTERCART__WORKER__CONCURRENCY: expected a whole number, got \"lots\"",
+        ),
+        (
+            "AFTERCART__WORKER__CONCURRENCY",
+            "-1",
+            "AFTERCART__WORKER__CONCURRENCY: expected a whole number, got \"-1\"",
+        ),
+        (
+            "AFTERCART__WORKER__CONCURRENCY",
+            "0x1F",
+            "AFTERCART__WORKER__CONCURRENCY: expected a whole number",
+        ),
+        (
+            "AFTERCART__WORKER__CONCURRENCY",
+            "0",
+            "AFTERCART__WORKER__CONCURRENCY: must be at least 1 (key worker.concurrency)",
+        ),
+        (
+            "AFTERCART__SMTP__RATE_LIMIT",
+            "5000000000",
+            "AFTERCART__SMTP__RATE_LIMIT: ",
+        ),
+        (
+            "AFTERCART__WORKER__POLL_INTERVAL",
+            "soon",
+            "AFTERCART__WORKER__POLL_INTERVAL: \"soon\" is not a duration",
+        ),
+        (
+            "AFTERCART__STORE__TIMEZONE",
+            "Mars/Olympus",
+            "AFTERCART__STORE__TIMEZONE: ",
+        ),
+        (
+            "AFTERCART__HTTP__NOPE",
+            "1",
+            "AFTERCART__HTTP__NOPE: unknown key http.nope (expected one of: api_token, bind",
+        ),
+        (
+            "AFTERCART__NOPE__X",
+            "1",
+            "AFTERCART__NOPE__X: unknown section nope",
+        ),
+        (
+            "AFTERCART__CAMPAIGNS__NAME",
+            "x",
+            "AFTERCART__CAMPAIGNS__NAME: [campaigns] cannot be set from the environment",
+        ),
+        (
+            "AFTERCART__WORKER",
+            "1",
+            "AFTERCART__WORKER: expected AFTERCART__SECTION__KEY",
+        ),
+    ];
+    for (var, value, expected) in cases {
+        let e = load_text(DEFAULT_CONFIG, &[(var, value)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(expected), "{var}={value}: {e}");
+        assert!(!e.contains("test.toml"), "blames the file: {e}");
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_debug_output() {
+    let e = load_text(
+        DEFAULT_CONFIG,
+        &[("AFTERCART__HTTP__API_TOKN", "hunter2-secret")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("http.api_tokn") && !e.contains("hunter2"), "{e}");
+
+    // A secret of the wrong type in the file: the error says what was expected, not what it got.
+    let bad = DEFAULT_CONFIG.replace("[http]\n", "[http]\napi_token = 987654321\n");
+    let e = load_text(&bad, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("http.api_token") && !e.contains("987654321"),
+        "{e}"
+    );
+
+    let e = load_text(
+        DEFAULT_CONFIG,
+        &[(
+            "AFTERCART__DATABASE__URL",
+            "mysql://u:db-pw-123@localhost/x",
+        )],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("database.url") && !e.contains("db-pw-123"),
+        "{e}"
+    );
+
+    let s = load_text(
+        DEFAULT_CONFIG,
+        &[
+            ("AFTERCART__HTTP__API_TOKEN", "tok-SECRET-1"),
+            ("AFTERCART__SMTP__PASSWORD", "pw-SECRET-2"),
+            ("AFTERCART__SMTP__USERNAME", "mailer"),
+            (
+                "AFTERCART__SMTP__URL",
+                "smtp://mailer:url-SECRET-3@127.0.0.1:25",
+            ),
+            ("AFTERCART__SHOPIFY__WEBHOOK_SECRET", "shop-SECRET-4"),
+            ("AFTERCART__UNSUBSCRIBE__SECRET", "unsub-SECRET-5"),
+            ("AFTERCART__UNSUBSCRIBE__PREVIOUS_SECRET", "prev-SECRET-6"),
+            (
+                "AFTERCART__UNSUBSCRIBE__PREVIOUS_SECRET_UNTIL",
+                "2030-01-01T00:00:00Z",
+            ),
+            (
+                "AFTERCART__DATABASE__URL",
+                "postgres://app:db-SECRET-7@127.0.0.1/app",
+            ),
+        ],
+    )
+    .unwrap();
+    let debug = format!("{s:?} {s:#?}");
+    assert!(!debug.contains("SECRET"), "{debug}");
+    assert!(debug.contains("Secret(***)") && debug.contains("mailer"));
+}
+
+#[test]
+fn secrets_in_the_file_are_found_by_key() {
+    let table: toml::Table = DEFAULT_CONFIG.parse().unwrap();
+    assert!(
+        raw::secrets_in(&table).is_empty(),
+        "the shipped file has none"
+    );
+    let with = DEFAULT_CONFIG
+        .replace("[http]\n", "[http]\napi_token = \"x\"\n")
+        .replace("[smtp]\n", "[smtp]\npassword = \"\"\n")
+        + "\n[unsubscribe]\nsecret = \"y\"\n";
+    let table: toml::Table = with.parse().unwrap();
+    assert_eq!(
+        raw::secrets_in(&table),
+        ["http.api_token", "unsubscribe.secret"]
+    );
+    assert_eq!(raw::env_var("http.api_token"), "AFTERCART__HTTP__API_TOKEN");
+    // Still used: a warning, not a refusal.
+    let s = load_text(&with, &[]).unwrap();
+    assert_eq!(s.http.api_token.unwrap().expose(), "x");
+}
+
+#[test]
+fn a_previous_unsubscribe_key_needs_an_end() {
+    let prev = ("AFTERCART__UNSUBSCRIBE__PREVIOUS_SECRET", "old-key");
+    let e = load_text(DEFAULT_CONFIG, &[prev]).unwrap_err().to_string();
+    assert!(
+        e.starts_with("AFTERCART__UNSUBSCRIBE__PREVIOUS_SECRET: needs")
+            && e.contains("AFTERCART__UNSUBSCRIBE__PREVIOUS_SECRET_UNTIL")
+            && !e.contains("old-key"),
+        "{e}"
+    );
+    let until = "AFTERCART__UNSUBSCRIBE__PREVIOUS_SECRET_UNTIL";
+    let e = load_text(DEFAULT_CONFIG, &[prev, (until, "next week")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with(until) && e.contains("RFC 3339"), "{e}");
+    let s = load_text(DEFAULT_CONFIG, &[prev, (until, "2030-01-01T00:00:00Z")]).unwrap();
+    let p = s.unsubscribe.previous.unwrap();
+    assert_eq!(p.secret.expose(), "old-key");
+    assert_eq!(p.until.rfc3339(), "2030-01-01T00:00:00Z");
+    // An end without a key is harmless (left over after a rotation).
+    let s = load_text(DEFAULT_CONFIG, &[(until, "2030-01-01T00:00:00Z")]).unwrap();
+    assert!(s.unsubscribe.previous.is_none());
+}

@@ -48,7 +48,7 @@ pub(crate) async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let expected = state.engine.settings.http.api_token.as_deref();
+    let expected = state.engine.settings.http.api_token();
     match bearer(req.headers()) {
         Some(t) if token_matches(expected, &t) => Ok(next.run(req).await),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong API token")),
@@ -61,7 +61,7 @@ pub(crate) async fn require_token(
 
 /// Preview pages: bearer, Basic (token as password) or `?token=`.
 pub(crate) fn preview_allowed(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> bool {
-    let expected = state.engine.settings.http.api_token.as_deref();
+    let expected = state.engine.settings.http.api_token();
     [
         bearer(headers),
         basic_password(headers),

@@ -49,7 +49,8 @@ pub(crate) async fn unsubscribe_page(
     Path(token): Path<String>,
 ) -> Response {
     let store_name = esc(&s.engine.settings.store.name);
-    if s.engine.signer.verify(&token).is_none() {
+    let now = s.engine.clock.now();
+    if s.engine.signer.verify(&token, now).is_none() {
         return invalid_link();
     }
     page(
@@ -65,10 +66,10 @@ pub(crate) async fn unsubscribe_page(
 
 /// RFC 8058 one-click (and the page's button): the signed token names the customer.
 pub(crate) async fn unsubscribe(State(s): State<AppState>, Path(token): Path<String>) -> Response {
-    let Some(u) = s.engine.signer.verify(&token) else {
+    let now = s.engine.clock.now();
+    let Some(u) = s.engine.signer.verify(&token, now) else {
         return invalid_link();
     };
-    let now = s.engine.clock.now();
     if let Err(e) = s.engine.store.unsubscribe(&u.customer_id, now).await {
         tracing::error!(error = %e, "unsubscribe failed");
         return page(

@@ -49,7 +49,7 @@ pub(crate) async fn orders(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let secret = s.engine.settings.shopify.webhook_secret.as_deref();
+    let secret = s.engine.settings.shopify.webhook_secret();
     let signed = header("x-shopify-hmac-sha256").is_some_and(|sig| verify_hmac(secret, &body, sig));
     if !signed {
         return Err(ApiError::new(

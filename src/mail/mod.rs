@@ -174,8 +174,8 @@ fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, MailError>
     })
 }
 
-/// Delivery settings; `url` decides the transport.
-#[derive(Debug, Clone)]
+/// Delivery settings; `url` decides the transport. Debug hides the password.
+#[derive(Clone)]
 pub struct MailerConfig {
     /// `smtp://host:port[?tls=starttls|required]`, `smtps://host:port` or `file://DIR`.
     pub url: String,
@@ -185,6 +185,16 @@ pub struct MailerConfig {
     pub timeout: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for MailerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailerConfig")
+            .field("url", &crate::store::redact(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Sends messages. Cheap to clone: clones share the connection pool.
@@ -329,14 +339,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Writes `DIR/<message_id>.eml` atomically: a temporary file in the same directory, then
-/// a rename, so readers never see half a message and a resend replaces the file.
+/// a rename, so readers never see half a message and a resend replaces the file. Messages
+/// hold addresses and unsubscribe links: folders created here are 0700, files 0600.
 async fn write_eml(dir: &Path, message_id: &str, bytes: &[u8]) -> Result<String, SendError> {
     let io_err = |what: &str, path: &Path, err: std::io::Error| {
         SendError::transient(format!("cannot {what} {}: {err}", path.display()))
     };
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|err| io_err("create directory", dir, err))?;
     // build_message already refused spaces and brackets; keep the name inside DIR anyway.
     let safe: String = message_id
         .chars()
@@ -344,15 +352,26 @@ async fn write_eml(dir: &Path, message_id: &str, bytes: &[u8]) -> Result<String,
         .collect();
     let path = dir.join(format!("{safe}.eml"));
     let tmp = dir.join(format!(".{safe}.{:016x}.tmp", rand::random::<u64>()));
-    if let Err(err) = tokio::fs::write(&tmp, bytes).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(io_err("write", &tmp, err));
-    }
-    if let Err(err) = tokio::fs::rename(&tmp, &path).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(io_err("rename to", &path, err));
-    }
-    Ok(format!("250 written to {}", path.display()))
+    let (dir, bytes, done) = (dir.to_owned(), bytes.to_owned(), path.clone());
+    let write = move || {
+        use std::io::Write;
+        crate::files::create_private_dirs(&dir)
+            .map_err(|err| io_err("create directory", &dir, err))?;
+        if let Err(err) =
+            crate::files::create_private_file(&tmp).and_then(|mut f| f.write_all(&bytes))
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err("write", &tmp, err));
+        }
+        std::fs::rename(&tmp, &path).map_err(|err| {
+            let _ = std::fs::remove_file(&tmp);
+            io_err("rename to", &path, err)
+        })
+    };
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|err| SendError::transient(format!("cannot write {}: {err}", done.display())))??;
+    Ok(format!("250 written to {}", done.display()))
 }
 
 /// Where in the transaction a failure happened: decides whether the connection is reusable

@@ -63,9 +63,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens a pool. SQLite: the file (and its folder) is created when missing; WAL,
-    /// synchronous=NORMAL, foreign keys on, a busy timeout so writers queue instead of
-    /// failing.
+    /// Opens a pool. SQLite: the file (and its folder) is created when missing, owner-only
+    /// (see [`private_sqlite_files`]); WAL, synchronous=NORMAL, foreign keys on, a busy
+    /// timeout so writers queue instead of failing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
         let err = |source| StoreError::Connect {
             url: redact(url),
@@ -73,11 +73,7 @@ impl Store {
         };
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.trim_start_matches("//");
-            if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
-            }
+            private_sqlite_files(path).map_err(|e| err(sqlx::Error::Io(e)))?;
             let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
                 .map_err(err)?
                 .create_if_missing(true)
@@ -166,6 +162,50 @@ impl Store {
             Ok(v)
         })
     }
+}
+
+/// Makes the database file and its `-wal`/`-shm`/`-journal` siblings owner-only: they
+/// hold every customer's address and, unless one is configured, the unsubscribe signing
+/// key. A missing file is created 0600 (in folders created 0700) before SQLite opens it,
+/// because SQLite creates a new database with 0644 minus the umask, but gives the
+/// siblings it creates the database file's own mode. An existing file readable by others
+/// is tightened, with a warning.
+fn private_sqlite_files(path: &str) -> std::io::Result<()> {
+    let file = path.split('?').next().unwrap_or(path);
+    if file.is_empty() || file == ":memory:" || path.contains("mode=memory") {
+        return Ok(());
+    }
+    let file = std::path::Path::new(file);
+    if let Some(dir) = file.parent() {
+        crate::files::create_private_dirs(dir)?;
+    }
+    match crate::files::create_private_file(file) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        let f = std::path::Path::new(&name);
+        if !f.exists() {
+            continue;
+        }
+        match crate::files::make_private(f) {
+            Ok(Some((old, new))) => tracing::warn!(
+                file = %f.display(),
+                "database file was readable by other users (mode {old:o}); changed to {new:o}"
+            ),
+            Ok(None) => {}
+            // Not ours to change (another owner): say so, and carry on.
+            Err(e) => tracing::warn!(
+                file = %f.display(),
+                error = %e,
+                "database file is readable by other users and its mode cannot be changed"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// The URL without its password, for messages.
