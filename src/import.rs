@@ -53,6 +53,9 @@ pub struct ImportReport {
     pub lines: usize,
     pub stored: usize,
     pub bad: Vec<BadLine>,
+    /// Well-formed lines the order lifecycle refused in part (the stored order is
+    /// further along, or newer): reported, not counted as bad.
+    pub warnings: Vec<BadLine>,
     pub scheduled: u64,
     pub cancelled: u64,
 }
@@ -128,7 +131,8 @@ impl Batch {
         Ok(())
     }
 
-    /// Upserts the batch (a repeated id: the last one wins) and schedules follow-ups.
+    /// Upserts the batch (a repeated id: the last one wins, for orders as far as the
+    /// order lifecycle allows) and schedules follow-ups.
     pub async fn store(
         self,
         store: &Store,
@@ -147,11 +151,9 @@ impl Batch {
                     .upsert_customers(&last_per_id(v, |c| c.id.to_string()))
                     .await?
             }
-            Batch::Orders(v) => {
-                return store
-                    .upsert_orders(&last_per_id(v, |o| o.id.to_string()), rules, now)
-                    .await;
-            }
+            // Not deduplicated: the store applies repeats in order, so a line that
+            // would move an order back is refused and named, whatever came first.
+            Batch::Orders(v) => return store.upsert_orders(&v, rules, now).await,
             Batch::Events(v) => store.insert_events(&v).await?,
         }
         Ok(ImportOutcome {
@@ -196,6 +198,8 @@ pub async fn import_reader(
     let mut report = ImportReport::default();
     let mut batch = Batch::new(kind);
     let mut stored_lines = 0usize;
+    // The input line of each record in `batch`, to name a record the store refused.
+    let mut at: Vec<usize> = Vec::new();
 
     let mut writer = Writer {
         store: store.clone(),
@@ -210,7 +214,10 @@ pub async fn import_reader(
         report.lines += 1;
         bytes = bytes.max(raw.bytes);
         match raw.value.and_then(|v| batch.push(&v, &ctx)) {
-            Ok(()) => stored_lines += 1,
+            Ok(()) => {
+                stored_lines += 1;
+                at.push(raw.line);
+            }
             Err(error) => report.bad.push(BadLine {
                 line: raw.line,
                 error,
@@ -218,13 +225,17 @@ pub async fn import_reader(
         }
         if batch.len() >= FLUSH {
             writer
-                .submit(std::mem::replace(&mut batch, Batch::new(kind)), &mut report)
+                .submit(
+                    std::mem::replace(&mut batch, Batch::new(kind)),
+                    std::mem::take(&mut at),
+                    &mut report,
+                )
                 .await?;
             progress(bytes);
         }
     }
     if !batch.is_empty() {
-        writer.submit(batch, &mut report).await?;
+        writer.submit(batch, at, &mut report).await?;
     }
     writer.wait(&mut report).await?;
     progress(bytes);
@@ -391,37 +402,50 @@ struct Writer {
     store: Store,
     rules: std::sync::Arc<[ScheduleRule]>,
     now: Timestamp,
-    pending: Option<tokio::task::JoinHandle<Result<ImportOutcome, StoreError>>>,
+    /// The chunk being written and the input line of each of its records.
+    pending: Option<(StoreTask, Vec<usize>)>,
 }
 
+type StoreTask = tokio::task::JoinHandle<Result<ImportOutcome, StoreError>>;
+
 impl Writer {
-    async fn submit(&mut self, batch: Batch, report: &mut ImportReport) -> Result<(), StoreError> {
+    async fn submit(
+        &mut self,
+        batch: Batch,
+        at: Vec<usize>,
+        report: &mut ImportReport,
+    ) -> Result<(), StoreError> {
         self.wait(report).await?;
         let (store, rules, now) = (
             self.store.clone(),
             std::sync::Arc::clone(&self.rules),
             self.now,
         );
-        self.pending = Some(tokio::spawn(async move {
-            batch.store(&store, &rules, now).await
-        }));
+        let task = tokio::spawn(async move { batch.store(&store, &rules, now).await });
+        self.pending = Some((task, at));
         Ok(())
     }
 
     async fn wait(&mut self, report: &mut ImportReport) -> Result<(), StoreError> {
-        if let Some(task) = self.pending.take() {
+        if let Some((task, at)) = self.pending.take() {
             let outcome = task
                 .await
                 .map_err(|e| StoreError::Corrupt(format!("import writer stopped: {e}")))??;
-            add(report, outcome);
+            add(report, outcome, &at);
         }
         Ok(())
     }
 }
 
-fn add(report: &mut ImportReport, o: ImportOutcome) {
+fn add(report: &mut ImportReport, o: ImportOutcome, at: &[usize]) {
     report.scheduled += o.scheduled;
     report.cancelled += o.cancelled;
+    for k in o.kept {
+        report.warnings.push(BadLine {
+            line: at.get(k.index).copied().unwrap_or(0),
+            error: FieldError::new(k.field(), k.why()),
+        });
+    }
 }
 
 fn trim_eol(b: &[u8]) -> &[u8] {

@@ -311,7 +311,7 @@ async fn records_in_one_or_many_all_or_nothing() {
 fn shopify_order(id: u64) -> Value {
     json!({
         "id": id, "name": "#1001", "email": "shop@buyer.example", "created_at": days_ago(5),
-        "processed_at": days_ago(4), "total_price": "769.00", "currency": "USD",
+        "processed_at": days_ago(4), "total_price": "769.00", "currency": "USD", "financial_status": "paid",
         "customer": {"id": 7_001_u64, "email": "shop@buyer.example", "first_name": "Sam", "last_name": "Buyer",
                      "email_marketing_consent": {"state": "subscribed"}},
         "line_items": [{"id": 1, "sku": "P00001", "product_id": 632_910_392_u64, "quantity": 1, "price": "769.00"}]
@@ -367,8 +367,12 @@ async fn shopify_webhook_is_signed_and_idempotent() {
     assert_eq!(after[0].due_at, rows[0].due_at);
 
     // Fulfilled → delivered, the upgrade campaign joins; completed_at is kept.
+    let mut fulfilled = shopify_order(820_982_911);
+    fulfilled["fulfillment_status"] = json!("fulfilled");
+    let fulfilled = serde_json::to_vec(&fulfilled).unwrap();
+    let fsig = sign(&fulfilled, SHOPIFY_SECRET);
     assert_eq!(
-        app.webhook("orders/fulfilled", "d2", &body, Some(sig.clone()))
+        app.webhook("orders/fulfilled", "d2", &fulfilled, Some(fsig))
             .await,
         StatusCode::OK
     );
@@ -394,8 +398,12 @@ async fn shopify_webhook_is_signed_and_idempotent() {
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "line_items[0]");
 
     // Cancelled: pending follow-ups end skipped (order_cancelled).
+    let mut cancelled = shopify_order(820_982_911);
+    cancelled["cancelled_at"] = json!(days_ago(0));
+    let cancelled = serde_json::to_vec(&cancelled).unwrap();
+    let csig = sign(&cancelled, SHOPIFY_SECRET);
     assert_eq!(
-        app.webhook("orders/cancelled", "d3", &body, Some(sig))
+        app.webhook("orders/cancelled", "d3", &cancelled, Some(csig))
             .await,
         StatusCode::OK
     );

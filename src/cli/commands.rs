@@ -276,10 +276,18 @@ async fn import(s: &Settings, kind: &str, file: &str, io: &mut Io<'_>) -> Result
     for b in &report.bad {
         writeln!(io.err, "{name}:{}: {}", b.line, b.error)?;
     }
+    // Not bad input (the exit code stays 0): the stored order is further along or newer.
+    for w in &report.warnings {
+        writeln!(io.err, "{name}:{}: warning: {}", w.line, w.error)?;
+    }
+    let warned = match report.warnings.len() {
+        0 => String::new(),
+        n => format!(", {n} warning(s)"),
+    };
     let secs = started.elapsed().as_secs_f64();
     writeln!(
         io.out,
-        "{name}: {} {} stored, {} bad line(s), {} follow-up(s) scheduled, {} cancelled ({:.0} records/s)",
+        "{name}: {} {} stored, {} bad line(s), {} follow-up(s) scheduled, {} cancelled{warned} ({:.0} records/s)",
         report.stored,
         kind.as_str(),
         report.bad.len(),

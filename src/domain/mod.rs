@@ -12,6 +12,7 @@ mod time;
 pub use campaign::{Strategy, Trigger};
 pub use ids::{CampaignName, CustomerId, EmailAddress, OrderId, ProductId};
 pub use money::Money;
+pub(crate) use records::kind as json_kind;
 pub use records::{
     CategoryPath, Customer, Event, EventKind, FieldError, Order, OrderItem, OrderStatus, Product,
 };

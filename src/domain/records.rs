@@ -122,6 +122,37 @@ impl OrderStatus {
     pub fn is_void(self) -> bool {
         matches!(self, Self::Cancelled | Self::Refunded)
     }
+
+    pub const ALL: [OrderStatus; 5] = [
+        Self::Pending,
+        Self::Completed,
+        Self::Delivered,
+        Self::Cancelled,
+        Self::Refunded,
+    ];
+
+    /// The order lifecycle: states only move forward, pending → completed → delivered,
+    /// and any of those may end cancelled or refunded; cancelled and refunded are final.
+    /// Staying in the same state is always allowed (a repeat updates other fields).
+    pub fn can_become(self, next: OrderStatus) -> bool {
+        let step = |s: OrderStatus| match s {
+            Self::Pending => 0,
+            Self::Completed => 1,
+            Self::Delivered => 2,
+            Self::Cancelled | Self::Refunded => 3,
+        };
+        self == next || (!self.is_void() && step(next) >= step(self))
+    }
+
+    /// Every allowed move as `"from>to"`, the form the store checks stored rows against.
+    pub fn moves() -> Vec<String> {
+        Self::ALL
+            .iter()
+            .flat_map(|a| Self::ALL.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a.can_become(*b))
+            .map(|(a, b)| format!("{}>{}", a.as_str(), b.as_str()))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -142,6 +173,9 @@ pub struct Order {
     pub items: Vec<OrderItem>,
     pub total: Money,
     pub currency: String,
+    /// When the source (Shopify's `updated_at`) last changed the order: a record older
+    /// than the stored one changes nothing, so late deliveries cannot undo newer ones.
+    pub updated_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -258,7 +292,8 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn kind(v: &Value) -> String {
+/// A JSON value as an error message names it ("the number 1.5e20").
+pub(crate) fn kind(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("the boolean {b}"),
@@ -409,6 +444,7 @@ impl Order {
         let created_at = f.parsed("created_at", parse_rfc3339)?;
         let completed_at = f.opt_parsed("completed_at", parse_rfc3339)?;
         let delivered_at = f.opt_parsed("delivered_at", parse_rfc3339)?;
+        let updated_at = f.opt_parsed("updated_at", parse_rfc3339)?;
         let raw_items = match f.get("items") {
             Some(Value::Array(a)) => a,
             None => return Err(FieldError::new("items", "missing")),
@@ -503,6 +539,7 @@ impl Order {
             currency: f
                 .opt_parsed("currency", currency)?
                 .unwrap_or_else(|| "USD".into()),
+            updated_at,
         })
     }
 }
@@ -555,6 +592,25 @@ mod tests {
         assert_eq!(e.field, "items[0].quantity");
         let e = Order::from_json(&o, |_| false).unwrap_err();
         assert_eq!(e.field, "items[0].product_id");
+    }
+
+    #[test]
+    fn order_states_only_move_forward() {
+        use OrderStatus::*;
+        assert!(Pending.can_become(Completed) && Completed.can_become(Delivered));
+        assert!(Pending.can_become(Delivered) && Delivered.can_become(Refunded));
+        assert!(Completed.can_become(Cancelled) && Delivered.can_become(Delivered));
+        assert!(!Delivered.can_become(Completed) && !Completed.can_become(Pending));
+        for s in [Pending, Completed, Delivered, Refunded] {
+            assert!(!Cancelled.can_become(s), "cancelled → {s:?}");
+        }
+        for s in [Pending, Completed, Delivered, Cancelled] {
+            assert!(!Refunded.can_become(s), "refunded → {s:?}");
+        }
+        let moves = OrderStatus::moves();
+        assert!(moves.contains(&"cancelled>cancelled".to_string()));
+        assert!(!moves.contains(&"cancelled>completed".to_string()));
+        assert_eq!(moves.len(), 14);
     }
 
     #[test]

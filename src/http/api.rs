@@ -66,12 +66,20 @@ async fn ingest(s: &AppState, kind: Kind, body: &[u8]) -> Reply {
         .store(store, &s.rules, s.engine.clock.now())
         .await
         .map_err(ApiError::internal)?;
+    // Records the order lifecycle refused (stored further along or newer) are stored
+    // as far as allowed and named here; they are not errors.
+    let warnings: Vec<Value> = outcome
+        .kept
+        .iter()
+        .map(|k| json!({"index": k.index, "field": k.field(), "why": k.why()}))
+        .collect();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
             "stored": items.len(),
             "scheduled": outcome.scheduled,
             "cancelled": outcome.cancelled,
+            "warnings": warnings,
         })),
     ))
 }

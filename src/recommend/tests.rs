@@ -43,6 +43,7 @@ fn order(id: &str, customer: &str, day: i64, items: &[&str], catalog: &[Product]
         total: items.iter().map(|i| i.unit_price).sum(),
         items,
         currency: "USD".into(),
+        updated_at: None,
     }
 }
 

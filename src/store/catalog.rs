@@ -12,11 +12,65 @@ use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 
 /// What an order import did besides storing the orders.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ImportOutcome {
     pub stored: usize,
     pub scheduled: u64,
     pub cancelled: u64,
+    /// Records the order lifecycle refused in part or whole (not errors: the input was
+    /// well formed, the stored order is newer or further along).
+    pub kept: Vec<Kept>,
+}
+
+/// An order record that did not change the stored status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// The record's position in the slice given to `upsert_orders`.
+    pub index: usize,
+    pub order_id: OrderId,
+    pub why: KeptWhy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptWhy {
+    /// The record would move the order backwards: the stored status and its times
+    /// stayed, the other fields were updated, nothing was scheduled.
+    Backwards {
+        stored: OrderStatus,
+        requested: OrderStatus,
+    },
+    /// The record's `updated_at` is older than the stored one: nothing changed.
+    Stale { updated_at: Timestamp },
+}
+
+impl Kept {
+    /// The input field the warning is about.
+    pub fn field(&self) -> &'static str {
+        match self.why {
+            KeptWhy::Backwards { .. } => "status",
+            KeptWhy::Stale { .. } => "updated_at",
+        }
+    }
+    /// Why, in words for an operator.
+    pub fn why(&self) -> String {
+        match self.why {
+            KeptWhy::Backwards { stored, requested } if stored.is_void() => format!(
+                "order stays {} ({} is final), not {}; other fields updated, nothing scheduled",
+                stored.as_str(),
+                stored.as_str(),
+                requested.as_str()
+            ),
+            KeptWhy::Backwards { stored, requested } => format!(
+                "order stays {} (states only move forward), not {}; other fields updated, nothing scheduled",
+                stored.as_str(),
+                requested.as_str()
+            ),
+            KeptWhy::Stale { updated_at } => format!(
+                "{} is older than the stored order's; nothing changed",
+                updated_at.rfc3339()
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -69,20 +123,40 @@ const CUSTOMERS_PG: &str = "INSERT INTO customers (id, email, name, timezone, lo
  ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, timezone = excluded.timezone,
    locale = excluded.locale, marketing_consent = excluded.marketing_consent";
 
-const ORDERS_SQLITE: &str = "INSERT INTO orders (id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items)
+/// The update half of the order upsert, the same on both engines but for `$moves`, a
+/// subquery over $2, the allowed status moves (`OrderStatus::moves`, "from>to"). A
+/// record that would move an order backwards keeps the stored status and its times
+/// (other fields update); one older than the stored `updated_at` changes nothing and
+/// returns no row. Decided in the statement itself, so concurrent writers cannot race.
+macro_rules! order_upsert_update {
+    ($moves:literal) => {
+        concat!(
+            " ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, created_at = excluded.created_at,
+   status = CASE WHEN orders.status || '>' || excluded.status IN (", $moves, ") THEN excluded.status ELSE orders.status END,
+   completed_at = CASE WHEN orders.status || '>' || excluded.status IN (", $moves, ") THEN excluded.completed_at ELSE orders.completed_at END,
+   delivered_at = CASE WHEN orders.status || '>' || excluded.status IN (", $moves, ") THEN excluded.delivered_at ELSE orders.delivered_at END,
+   total = excluded.total, currency = excluded.currency, items = excluded.items,
+   updated_at = COALESCE(excluded.updated_at, orders.updated_at)
+ WHERE orders.updated_at IS NULL OR excluded.updated_at IS NULL OR excluded.updated_at >= orders.updated_at
+ RETURNING id, status"
+        )
+    };
+}
+
+const ORDERS_SQLITE: &str = concat!(
+    "INSERT INTO orders (id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at)
  SELECT j.value->>'id', j.value->>'customer_id', j.value->>'status', j.value->>'created_at', j.value->>'completed_at',
-        j.value->>'delivered_at', j.value->>'total', j.value->>'currency', j.value->>'items'
- FROM json_each($1) j WHERE true
- ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, created_at = excluded.created_at,
-   completed_at = excluded.completed_at, delivered_at = excluded.delivered_at, total = excluded.total,
-   currency = excluded.currency, items = excluded.items";
-const ORDERS_PG: &str = "INSERT INTO orders (id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items)
- SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items
+        j.value->>'delivered_at', j.value->>'total', j.value->>'currency', j.value->>'items', j.value->>'updated_at'
+ FROM json_each($1) j WHERE true",
+    order_upsert_update!("SELECT value FROM json_each($2)")
+);
+const ORDERS_PG: &str = concat!(
+    "INSERT INTO orders (id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at)
+ SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at
  FROM jsonb_to_recordset($1::jsonb) AS r(id text, customer_id text, status text, created_at bigint, completed_at bigint,
-   delivered_at bigint, total bigint, currency text, items text)
- ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, created_at = excluded.created_at,
-   completed_at = excluded.completed_at, delivered_at = excluded.delivered_at, total = excluded.total,
-   currency = excluded.currency, items = excluded.items";
+   delivered_at bigint, total bigint, currency text, items text, updated_at bigint)",
+    order_upsert_update!("SELECT jsonb_array_elements_text($2::jsonb)")
+);
 
 const EVENTS_SQLITE: &str = "INSERT INTO events (customer_id, product_id, kind, at)
  SELECT j.value->>'customer_id', j.value->>'product_id', j.value->>'kind', j.value->>'at'
@@ -106,10 +180,10 @@ const CANCEL_PG: &str = "UPDATE followups SET state = 'skipped', reason = 'order
 
 // Batch reads: the ids arrive as one JSON array parameter, so the SQL stays fixed.
 const ORDERS_BY_ID_SQLITE: &str =
-    "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items
+    "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at
  FROM orders WHERE id IN (SELECT value FROM json_each($1))";
 const ORDERS_BY_ID_PG: &str =
-    "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items
+    "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at
  FROM orders WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))";
 const CUSTOMERS_BY_ID_SQLITE: &str =
     "SELECT c.id, c.email, c.name, c.timezone, c.locale, c.marketing_consent, c.unsubscribed_at,
@@ -189,7 +263,10 @@ impl Store {
     }
 
     /// Stores orders and, in the same pass, schedules each campaign whose trigger the
-    /// order has reached; cancelled/refunded orders skip their pending follow-ups.
+    /// order has reached; cancelled/refunded orders skip their pending follow-ups. A
+    /// record that would move an order backwards, or is older than the stored one,
+    /// schedules nothing and is listed in `kept` (see `order_upsert_update!`). Records
+    /// are applied in the order given, repeats of an id included.
     pub async fn upsert_orders(
         &self,
         orders: &[Order],
@@ -197,51 +274,42 @@ impl Store {
         now: Timestamp,
     ) -> Result<ImportOutcome> {
         let mut outcome = ImportOutcome::default();
-        for chunk in orders.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|o| {
-                    json!({"id": o.id, "customer_id": o.customer_id, "status": o.status.as_str(), "created_at": o.created_at.0,
-                           "completed_at": o.completed_at.map(|t| t.0), "delivered_at": o.delivered_at.map(|t| t.0),
-                           "total": o.total.minor(), "currency": o.currency,
-                           "items": serde_json::to_string(&o.items).unwrap_or_default()})
-                })
-                .collect();
-            let mut schedule = Vec::new();
-            let mut void = Vec::new();
-            for o in chunk {
-                if o.status.is_void() {
-                    void.push(o.id.as_str());
-                    continue;
-                }
-                for rule in rules {
-                    if let Some(due) = rule.due_at(o) {
-                        schedule.push(json!({"order_id": o.id, "campaign": rule.campaign, "customer_id": o.customer_id, "due_at": due.0}));
+        let moves = json!(OrderStatus::moves()).to_string();
+        let is_sqlite = matches!(self.db, Db::Sqlite(_));
+        let pick = |a: &'static str, b: &'static str| if is_sqlite { a } else { b };
+        for (n, chunk) in orders.chunks(CHUNK).enumerate() {
+            let _turn = self.write_turn().await;
+            // One transaction per chunk: an order and its follow-ups are stored together,
+            // and what is scheduled follows the status the upsert actually left.
+            let (kept, scheduled, cancelled) = with_db!(&self.db, p => {
+                let mut tx = p.begin().await?;
+                let (mut kept, mut s, mut c) = (Vec::new(), 0, 0);
+                for round in rounds(chunk, n * CHUNK) {
+                    let rows: Vec<_> = round.iter().map(|(_, o)| order_row(o)).collect();
+                    let written = sqlx::query(pick(ORDERS_SQLITE, ORDERS_PG))
+                        .bind(serde_json::Value::from(rows).to_string()).bind(&moves).fetch_all(&mut *tx).await?;
+                    let mut stored: HashMap<String, String> = HashMap::with_capacity(written.len());
+                    for r in &written {
+                        stored.insert(r.try_get("id")?, r.try_get("status")?);
+                    }
+                    let (k, schedule, void) = settle(&round, &stored, rules)?;
+                    kept.extend(k);
+                    if !schedule.is_empty() {
+                        s += sqlx::query(pick(FOLLOWUPS_SQLITE, FOLLOWUPS_PG)).bind(serde_json::Value::from(schedule).to_string())
+                            .bind(now.0).execute(&mut *tx).await?.rows_affected();
+                    }
+                    if !void.is_empty() {
+                        c += sqlx::query(pick(CANCEL_SQLITE, CANCEL_PG)).bind(json!(void).to_string())
+                            .bind(now.0).execute(&mut *tx).await?.rows_affected();
                     }
                 }
-            }
-            let (orders_json, schedule_json, void_json) = (
-                serde_json::Value::from(rows).to_string(),
-                serde_json::Value::from(schedule).to_string(),
-                json!(void).to_string(),
-            );
-            let is_sqlite = matches!(self.db, Db::Sqlite(_));
-            let pick = |a: &'static str, b: &'static str| if is_sqlite { a } else { b };
-            let _turn = self.write_turn().await;
-            // One transaction per chunk: an order and its follow-ups are stored together.
-            let (scheduled, cancelled) = with_db!(&self.db, p => {
-                let mut tx = p.begin().await?;
-                sqlx::query(pick(ORDERS_SQLITE, ORDERS_PG)).bind(&orders_json).execute(&mut *tx).await?;
-                let s = sqlx::query(pick(FOLLOWUPS_SQLITE, FOLLOWUPS_PG)).bind(&schedule_json).bind(now.0).execute(&mut *tx).await?.rows_affected();
-                let c = if void.is_empty() { 0 } else {
-                    sqlx::query(pick(CANCEL_SQLITE, CANCEL_PG)).bind(&void_json).bind(now.0).execute(&mut *tx).await?.rows_affected()
-                };
                 tx.commit().await?;
-                (s, c)
+                (kept, s, c)
             });
             outcome.stored += chunk.len();
             outcome.scheduled += scheduled;
             outcome.cancelled += cancelled;
+            outcome.kept.extend(kept);
         }
         Ok(outcome)
     }
@@ -281,7 +349,7 @@ impl Store {
     /// Orders that count as purchases (not cancelled or refunded), oldest first: the
     /// recommender's training data.
     pub async fn purchase_history(&self) -> Result<Vec<Order>> {
-        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at FROM orders
                    WHERE status NOT IN ('cancelled', 'refunded') ORDER BY created_at";
         with_db!(&self.db, p => {
             let rows = sqlx::query(sql).fetch_all(p).await?;
@@ -292,7 +360,7 @@ impl Store {
     /// Purchases (not cancelled or refunded) with ids after `after`, by id, at most
     /// `limit`: pages for building the model without holding every order at once.
     pub async fn purchase_page(&self, after: &str, limit: i64) -> Result<Vec<Order>> {
-        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at FROM orders
                    WHERE id > $1 AND status NOT IN ('cancelled', 'refunded') ORDER BY id LIMIT $2";
         with_db!(&self.db, p => {
             let rows = sqlx::query(sql).bind(after).bind(limit).fetch_all(p).await?;
@@ -301,7 +369,7 @@ impl Store {
     }
 
     pub async fn order(&self, id: &str) -> Result<Option<Order>> {
-        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders WHERE id = $1";
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at FROM orders WHERE id = $1";
         with_db!(&self.db, p => {
             let row = sqlx::query(sql).bind(id).fetch_optional(p).await?;
             row.as_ref().map(order_from_row).transpose()
@@ -310,7 +378,7 @@ impl Store {
 
     /// Recent orders, newest first (preview lists them).
     pub async fn recent_orders(&self, limit: i64) -> Result<Vec<Order>> {
-        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items FROM orders
+        let sql = "SELECT id, customer_id, status, created_at, completed_at, delivered_at, total, currency, items, updated_at FROM orders
                    WHERE status NOT IN ('cancelled', 'refunded') ORDER BY created_at DESC LIMIT $1";
         with_db!(&self.db, p => {
             let rows = sqlx::query(sql).bind(limit).fetch_all(p).await?;
@@ -464,6 +532,71 @@ impl Store {
     }
 }
 
+/// The orders of a chunk in rounds of distinct ids, each with its index in the
+/// caller's slice (`base` is the chunk's offset): the second record of an id goes in
+/// round two, and so on, so repeats are applied in order and one statement never
+/// touches a row twice (PostgreSQL refuses that).
+fn rounds(chunk: &[Order], base: usize) -> Vec<Vec<(usize, &Order)>> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(chunk.len());
+    let mut rounds: Vec<Vec<(usize, &Order)>> = Vec::new();
+    for (i, o) in chunk.iter().enumerate() {
+        let n = seen.entry(o.id.as_str()).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push((base + i, o));
+        *n += 1;
+    }
+    rounds
+}
+
+fn order_row(o: &Order) -> serde_json::Value {
+    json!({"id": o.id, "customer_id": o.customer_id, "status": o.status.as_str(), "created_at": o.created_at.0,
+           "completed_at": o.completed_at.map(|t| t.0), "delivered_at": o.delivered_at.map(|t| t.0),
+           "total": o.total.minor(), "currency": o.currency,
+           "items": serde_json::to_string(&o.items).unwrap_or_default(),
+           "updated_at": o.updated_at.map(|t| t.0)})
+}
+
+/// Sorts a written round (`stored`: id → status the upsert left, for the rows it
+/// wrote) into refused records, follow-ups to schedule and orders to void.
+fn settle<'a>(
+    round: &[(usize, &'a Order)],
+    stored: &HashMap<String, String>,
+    rules: &[ScheduleRule],
+) -> Result<(Vec<Kept>, Vec<serde_json::Value>, Vec<&'a str>)> {
+    let (mut kept, mut schedule, mut void) = (Vec::new(), Vec::new(), Vec::new());
+    for &(index, o) in round {
+        let why = match stored.get(o.id.as_str()) {
+            // No row back: the guard found the record older than the stored one.
+            None => Some(KeptWhy::Stale {
+                updated_at: o.updated_at.unwrap_or_default(),
+            }),
+            Some(s) if s != o.status.as_str() => Some(KeptWhy::Backwards {
+                stored: OrderStatus::parse(s).map_err(StoreError::Corrupt)?,
+                requested: o.status,
+            }),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            kept.push(Kept {
+                index,
+                order_id: o.id.clone(),
+                why,
+            });
+        } else if o.status.is_void() {
+            void.push(o.id.as_str());
+        } else {
+            for rule in rules {
+                if let Some(due) = rule.due_at(o) {
+                    schedule.push(json!({"order_id": o.id, "campaign": rule.campaign, "customer_id": o.customer_id, "due_at": due.0}));
+                }
+            }
+        }
+    }
+    Ok((kept, schedule, void))
+}
+
 fn pid(s: String) -> Result<ProductId> {
     ProductId::parse(&s).map_err(StoreError::Corrupt)
 }
@@ -491,5 +624,6 @@ where
         total: Money::from_minor(r.try_get("total")?),
         currency: r.try_get("currency")?,
         items: json_col(r.try_get("items")?)?,
+        updated_at: r.try_get::<Option<i64>, _>("updated_at")?.map(Timestamp),
     })
 }

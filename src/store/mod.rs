@@ -7,7 +7,7 @@ mod catalog;
 mod ledger;
 mod ops;
 
-pub use catalog::{CustomerRow, History, ImportOutcome, OrderContext};
+pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
 pub use ledger::{Claimed, Finish, FollowupRow, FollowupState, ScheduleRule};
 pub use ops::{LATENCY_BUCKETS, MetricsReport, StatusReport, SuppressionRow, WorkerRow};
 
