@@ -120,6 +120,18 @@ pub struct HttpSettings {
     pub bind: String,
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Body limit of the webhooks (smaller: they are read before their signature is known).
+    pub webhook_max_body_bytes: usize,
+    /// The request head must arrive within this from its first byte.
+    pub header_timeout: Duration,
+    /// The whole request body must arrive within this once the head is read.
+    pub body_timeout: Duration,
+    /// A connection with no request in progress and no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// When set, `/metrics` wants `Authorization: Bearer` with it.
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
