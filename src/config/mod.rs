@@ -165,12 +165,29 @@ pub struct HttpSettings {
     pub bind: String,
     pub api_token: Option<Secret>,
     pub max_body_bytes: usize,
+    /// Body limit of the webhooks (smaller: they are read before their signature is known).
+    pub webhook_max_body_bytes: usize,
+    /// The request head must arrive within this from its first byte.
+    pub header_timeout: Duration,
+    /// The whole request body must arrive within this once the head is read.
+    pub body_timeout: Duration,
+    /// A connection with no request in progress and no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// When set, `/metrics` wants `Authorization: Bearer` with it.
+    pub metrics_token: Option<Secret>,
 }
 
 impl HttpSettings {
     /// The API token itself, for the constant-time comparison.
     pub fn api_token(&self) -> Option<&str> {
         self.api_token.as_ref().map(Secret::expose)
+    }
+
+    /// The metrics token itself, when `/metrics` is behind one.
+    pub fn metrics_token(&self) -> Option<&str> {
+        self.metrics_token.as_ref().map(Secret::expose)
     }
 }
 

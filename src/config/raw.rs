@@ -110,6 +110,12 @@ struct RawHttp {
     bind: String,
     api_token: Option<String>,
     max_body_bytes: usize,
+    webhook_max_body_bytes: usize,
+    header_timeout: String,
+    body_timeout: String,
+    idle_timeout: String,
+    max_connections: usize,
+    metrics_token: Option<String>,
 }
 
 impl Default for RawHttp {
@@ -118,6 +124,12 @@ impl Default for RawHttp {
             bind: "127.0.0.1:8080".into(),
             api_token: None,
             max_body_bytes: 2 * 1024 * 1024,
+            webhook_max_body_bytes: 1024 * 1024,
+            header_timeout: "10s".into(),
+            body_timeout: "30s".into(),
+            idle_timeout: "20s".into(),
+            max_connections: 256,
+            metrics_token: None,
         }
     }
 }
@@ -232,6 +244,7 @@ fn defer() -> CapPolicy {
 pub(super) const SECRET_KEYS: &[&str] = &[
     "smtp.password",
     "http.api_token",
+    "http.metrics_token",
     "shopify.webhook_secret",
     "unsubscribe.secret",
     "unsubscribe.previous_secret",
@@ -480,6 +493,26 @@ pub(super) fn parse(
     if raw.smtp.max_attempts == 0 {
         return Err(key_err("smtp.max_attempts", "must be at least 1".into()));
     }
+    if raw.http.max_connections == 0 {
+        return Err(key_err("http.max_connections", "must be at least 1".into()));
+    }
+    if raw.http.webhook_max_body_bytes == 0 {
+        return Err(key_err(
+            "http.webhook_max_body_bytes",
+            "must be at least 1".into(),
+        ));
+    }
+    // A zero timeout would cut every connection at once.
+    let positive = |key: &str, raw: &str| {
+        let v = d(key, raw)?;
+        if v.is_zero() {
+            return Err(key_err(key, format!("{raw:?} must be longer than 0s")));
+        }
+        Ok(v)
+    };
+    let header_timeout = positive("http.header_timeout", &raw.http.header_timeout)?;
+    let body_timeout = positive("http.body_timeout", &raw.http.body_timeout)?;
+    let idle_timeout = positive("http.idle_timeout", &raw.http.idle_timeout)?;
     let quiet_hours = QuietHours::parse(&raw.limits.quiet_hours)
         .map_err(|why| key_err("limits.quiet_hours", why))?;
 
@@ -610,6 +643,16 @@ pub(super) fn parse(
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
             max_body_bytes: raw.http.max_body_bytes,
+            webhook_max_body_bytes: raw.http.webhook_max_body_bytes,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_connections: raw.http.max_connections,
+            metrics_token: raw
+                .http
+                .metrics_token
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
         },
         limits: Limits {
             max_emails_per_customer_per_week: raw.limits.max_emails_per_customer_per_week,

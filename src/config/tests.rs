@@ -328,3 +328,50 @@ fn a_previous_unsubscribe_key_needs_an_end() {
     let s = load_text(DEFAULT_CONFIG, &[(until, "2030-01-01T00:00:00Z")]).unwrap();
     assert!(s.unsubscribe.previous.is_none());
 }
+
+#[test]
+fn http_limits_have_defaults_and_are_checked() {
+    let s = Settings::load_with_env(None, &[]).unwrap();
+    assert_eq!(s.http.header_timeout.as_secs(), 10);
+    assert_eq!(s.http.body_timeout.as_secs(), 30);
+    assert_eq!(s.http.idle_timeout.as_secs(), 20);
+    assert_eq!(s.http.max_connections, 256);
+    assert_eq!(s.http.webhook_max_body_bytes, 1024 * 1024);
+    assert!(s.http.metrics_token.is_none());
+
+    let s = load_text(
+        DEFAULT_CONFIG,
+        &[
+            ("AFTERCART__HTTP__IDLE_TIMEOUT", "3s"),
+            ("AFTERCART__HTTP__METRICS_TOKEN", "m-tok"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.http.idle_timeout.as_secs(), 3);
+    assert_eq!(s.http.metrics_token(), Some("m-tok"));
+
+    for (key, value, named) in [
+        (
+            "AFTERCART__HTTP__HEADER_TIMEOUT",
+            "0s",
+            "http.header_timeout",
+        ),
+        ("AFTERCART__HTTP__BODY_TIMEOUT", "soon", "http.body_timeout"),
+        ("AFTERCART__HTTP__IDLE_TIMEOUT", "0s", "http.idle_timeout"),
+        (
+            "AFTERCART__HTTP__MAX_CONNECTIONS",
+            "0",
+            "http.max_connections",
+        ),
+        (
+            "AFTERCART__HTTP__WEBHOOK_MAX_BODY_BYTES",
+            "0",
+            "http.webhook_max_body_bytes",
+        ),
+    ] {
+        let e = load_text(DEFAULT_CONFIG, &[(key, value)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(named), "{key}={value}: {e}");
+    }
+}

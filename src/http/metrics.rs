@@ -1,28 +1,41 @@
-//! `/healthz` and `/metrics` (Prometheus text exposition 0.0.4), computed from the ledger
-//! on each scrape so every process reports the same truth.
+//! `/healthz` and `/metrics` (Prometheus text exposition 0.0.4), read from the database
+//! on each scrape so every process reports the same truth. The follow-up counts are
+//! kept by the ledger's triggers, so a scrape costs a few rows whatever the ledger's size.
 
 use super::{ApiError, AppState};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use std::fmt::Write as _;
 
-pub(crate) async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.engine.store.ping().await {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+/// 200 `ok` when the database takes a write now; else 503 with the reason as JSON. A
+/// database that still reads but cannot write (a locked or read-only file, a full disk)
+/// would lose every webhook and API call, so it counts as down.
+pub(crate) async fn healthz(State(s): State<AppState>) -> Response {
+    match s.engine.store.check_writable(s.engine.clock.now()).await {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database cannot be written: {e}"),
+            )
+            .into_response()
+        }
     }
 }
 
-pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let store = &s.engine.store;
-    let now = s.engine.clock.now();
-    let status = store
-        .status(now, now.minus(std::time::Duration::from_secs(30)))
+pub(crate) async fn metrics(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    super::auth::metrics_allowed(&s, &headers)?;
+    let m = s
+        .engine
+        .store
+        .metrics(s.engine.clock.now())
         .await
         .map_err(ApiError::internal)?;
-    let m = store.metrics(now).await.map_err(ApiError::internal)?;
 
     // Families are written one after the other: HELP, TYPE, then the samples.
     let mut out = String::new();
@@ -31,8 +44,7 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "aftercart_followups",
         "gauge",
         "Follow-ups by state.",
-        status
-            .followups
+        m.followups
             .iter()
             .map(|(k, v)| (format!("{{state=\"{}\"}}", label(k)), v.to_string())),
     );
@@ -41,12 +53,11 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "aftercart_followups_skipped",
         "gauge",
         "Skipped follow-ups by reason.",
-        status
-            .skipped_by_reason
+        m.skipped_by_reason
             .iter()
             .map(|(k, v)| (format!("{{reason=\"{}\"}}", label(k)), v.to_string())),
     );
-    let sent = status.followups.get("sent").copied().unwrap_or(0);
+    let sent = m.followups.get("sent").copied().unwrap_or(0);
     write_family(
         &mut out,
         "aftercart_sends_total",

@@ -5,11 +5,17 @@
 //! Handlers stay thin: they parse the request, call the same library code the CLI uses
 //! (`import::Batch`, `campaign::trigger`, `Engine::preview`, the store) and turn the
 //! outcome into a status code. `docs/api.md` is the user-facing reference.
+//!
+//! The server survives slow and hostile clients: connection limits and read timeouts
+//! in `serve`, body limits and deadlines in `limits` (every route that reads a body has
+//! one of its layers), the webhook's signature header checked before its body is read.
 
 mod api;
 mod auth;
+mod limits;
 mod metrics;
 mod pages;
+mod serve;
 mod shopify;
 
 use crate::config::Settings;
@@ -58,10 +64,12 @@ impl AppState {
 }
 
 /// All routes. `/v1/*` and `/preview*` check the API token; the webhook checks its HMAC;
-/// unsubscribe checks the signed token; `/healthz` and `/metrics` are open (bind them to
-/// a private interface or put them behind the proxy if that matters).
+/// unsubscribe checks the signed token; `/healthz` is open and `/metrics` too unless
+/// `http.metrics_token` is set.
 pub fn router(state: AppState) -> Router {
-    let limit = state.engine.settings.http.max_body_bytes;
+    let http = &state.engine.settings.http;
+    let limit = http.max_body_bytes.max(http.webhook_max_body_bytes);
+    // The last route_layer runs first: the token is checked before the body is read.
     let v1 = Router::new()
         .route("/orders", post(api::orders))
         .route("/customers", post(api::customers))
@@ -70,11 +78,21 @@ pub fn router(state: AppState) -> Router {
         .route("/campaigns/{name}/trigger", post(api::trigger_campaign))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            limits::read_body,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::require_token,
         ));
     Router::new()
         .nest("/v1", v1)
-        .route("/webhooks/shopify/orders", post(shopify::orders))
+        .route(
+            "/webhooks/shopify/orders",
+            post(shopify::orders).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                limits::shopify_signed,
+            )),
+        )
         .route(
             "/unsubscribe/{token}",
             get(pages::unsubscribe_page).post(pages::unsubscribe),
@@ -84,9 +102,19 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        // Bodies beyond the limit are refused with 413 before any handler reads them.
+        // A backstop: the layers in `limits` have refused larger bodies already.
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(nosniff))
         .with_state(state)
+}
+
+/// No response is to be sniffed into another type (a JSON error rendered as HTML).
+async fn nosniff(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 /// A running server: its address and task (abort the task to stop it at once).
@@ -101,10 +129,10 @@ pub fn start_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, HttpError> {
     let addr = listener.local_addr().map_err(HttpError::Serve)?;
+    let limits = serve::ConnLimits::from_settings(&engine.settings.http);
     let app = router(AppState::new(engine));
     let handle = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+        serve::serve(listener, app, limits, shutdown)
             .await
             .map_err(HttpError::Serve)
     });

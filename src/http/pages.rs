@@ -1,9 +1,10 @@
 //! HTML pages: unsubscribe (for shoppers) and preview (for the content team). Every value
 //! that reaches a page is escaped; the rendered email is shown in a sandboxed
-//! `<iframe srcdoc>` so its styles cannot leak into the page.
+//! `<iframe srcdoc>` so its styles cannot leak into the page. Pages show customer data
+//! and carry tokens in their URLs, so none is cached, framed or named in a `Referer`.
 
 use super::AppState;
-use super::auth::preview_allowed;
+use super::auth::{PreviewAuth, preview_auth, preview_cookie};
 use crate::render::{LiveTemplates, Templates};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -37,7 +38,16 @@ table{{border-collapse:collapse}}td,th{{padding:.2rem .6rem;text-align:left}}</s
 <body>{body}</body></html>",
         esc(title)
     );
-    (status, Html(html)).into_response()
+    let mut r = (status, Html(html)).into_response();
+    let h = r.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        h.insert(name, header::HeaderValue::from_static(value));
+    }
+    r
 }
 
 // ---- unsubscribe ----------------------------------------------------------------
@@ -117,17 +127,15 @@ fn unauthorized() -> Response {
     r
 }
 
-/// Keeps `?token=` on links when that is how the visitor signed in.
-fn link_suffix(q: &TokenQuery) -> String {
-    q.token
-        .as_deref()
-        .map(|t| {
-            format!(
-                "?token={}",
-                url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
-            )
-        })
-        .unwrap_or_default()
+/// The page, with a session cookie when the visitor signed in with `?token=`: links then
+/// work without carrying the token.
+fn signed_in(s: &AppState, auth: PreviewAuth, mut page: Response) -> Response {
+    if auth == PreviewAuth::Query
+        && let Some(cookie) = preview_cookie(s)
+    {
+        page.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    page
 }
 
 fn path_segment(s: &str) -> String {
@@ -141,11 +149,10 @@ pub(crate) async fn preview_index(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !preview_allowed(&s, &headers, q.token.as_deref()) {
+    let Some(auth) = preview_auth(&s, &headers, q.token.as_deref()) else {
         return unauthorized();
-    }
+    };
     let settings = s.engine.settings.clone();
-    let suffix = link_suffix(&q);
     let mut body = String::from("<h1>Email previews</h1>");
 
     let dir = settings.templates_dir.clone();
@@ -190,10 +197,9 @@ pub(crate) async fn preview_index(
                     .iter()
                     .map(|c| {
                         format!(
-                            "<a href=\"/preview/{}/{}{}\">{}</a>",
+                            "<a href=\"/preview/{}/{}\">{}</a>",
                             esc(&path_segment(c.name.as_str())),
                             esc(&path_segment(o.id.as_str())),
-                            esc(&suffix),
                             esc(c.name.as_str())
                         )
                     })
@@ -220,7 +226,7 @@ pub(crate) async fn preview_index(
             );
         }
     }
-    page(StatusCode::OK, "Email previews", &body)
+    signed_in(&s, auth, page(StatusCode::OK, "Email previews", &body))
 }
 
 /// One email as the shopper would get it now. Templates are read fresh from disk so an
@@ -231,9 +237,9 @@ pub(crate) async fn preview_email(
     Path((campaign, order_id)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !preview_allowed(&s, &headers, q.token.as_deref()) {
+    let Some(auth) = preview_auth(&s, &headers, q.token.as_deref()) else {
         return unauthorized();
-    }
+    };
     let not_found = |what: String| {
         page(
             StatusCode::NOT_FOUND,
@@ -278,10 +284,9 @@ pub(crate) async fn preview_email(
     let mut body = String::new();
     let _ = write!(
         body,
-        "<p><a href=\"/preview{}\">← all previews</a></p><h1>{}</h1>\
+        "<p><a href=\"/preview\">← all previews</a></p><h1>{}</h1>\
 <table><tr><th>Campaign</th><td>{}</td></tr><tr><th>Order</th><td>{}</td></tr>\
 <tr><th>To</th><td>{}</td></tr><tr><th>Subject</th><td><strong>{}</strong></td></tr>",
-        esc(&link_suffix(&q)),
         esc(&p.email.subject),
         esc(c.name.as_str()),
         esc(&order_id),
@@ -324,7 +329,7 @@ pub(crate) async fn preview_email(
         esc(&p.rendered.html),
         esc(&p.rendered.text)
     );
-    page(StatusCode::OK, &p.email.subject, &body)
+    signed_in(&s, auth, page(StatusCode::OK, &p.email.subject, &body))
 }
 
 fn template_problem(campaign: &str, problems: &[String]) -> Response {

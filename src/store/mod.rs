@@ -29,6 +29,8 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -60,7 +62,13 @@ pub struct Store {
     /// which sleeps in millisecond steps. Queuing this process's writes here instead
     /// keeps the claim → send → record pipeline moving. (PostgreSQL needs no gate.)
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: one connection with a short busy timeout for the health probe's write, so
+    /// a locked file is reported in seconds instead of waiting out the pool's 30 s.
+    health: Option<SqlitePool>,
 }
+
+/// How long `/healthz` waits for its write before calling the database unwritable.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Opens a pool. SQLite: the file (and its folder) is created when missing, owner-only
@@ -85,6 +93,10 @@ impl Store {
                 .pragma("temp_store", "memory")
                 .pragma("mmap_size", "268435456")
                 .pragma("wal_autocheckpoint", "10000");
+            let health = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(HEALTH_TIMEOUT)
+                .connect_lazy_with(opts.clone().busy_timeout(HEALTH_TIMEOUT));
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(60))
@@ -94,6 +106,7 @@ impl Store {
             Ok(Store {
                 db: Db::Sqlite(pool),
                 write_gate: Default::default(),
+                health: Some(health),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(err)?;
@@ -106,6 +119,7 @@ impl Store {
             Ok(Store {
                 db: Db::Postgres(pool),
                 write_gate: Default::default(),
+                health: None,
             })
         } else {
             Err(StoreError::BadUrl(url.to_owned()))
@@ -141,8 +155,47 @@ impl Store {
         with_db!(&self.db, p => sqlx::query("SELECT 1").execute(p).await.is_ok())
     }
 
+    /// Ok when the database takes a write now: one tiny upsert in its own transaction,
+    /// given up after [`HEALTH_TIMEOUT`] (a locked SQLite file, a PostgreSQL table lock,
+    /// a read-only or full disk, an exhausted pool all fail it).
+    pub async fn check_writable(&self, now: crate::domain::Timestamp) -> Result<()> {
+        let sql = "INSERT INTO meta (key, value) VALUES ('healthz_at', $1)
+                   ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        let value = now.0.to_string();
+        let probe = async {
+            match (&self.db, &self.health) {
+                (Db::Sqlite(_), Some(h)) => {
+                    sqlx::query(sql).bind(&value).execute(h).await?;
+                }
+                (Db::Sqlite(p), None) => {
+                    sqlx::query(sql).bind(&value).execute(p).await?;
+                }
+                (Db::Postgres(p), _) => {
+                    let mut tx = p.begin().await?;
+                    // Scoped to this transaction (is_local): the pooled connection keeps its settings.
+                    let ms = format!("{}ms", HEALTH_TIMEOUT.as_millis());
+                    sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)")
+                        .bind(&ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(sql).bind(&value).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                }
+            }
+            Ok(())
+        };
+        // The margin covers the pool's wait for a connection on top of the lock wait.
+        let limit = HEALTH_TIMEOUT + Duration::from_secs(1);
+        tokio::time::timeout(limit, probe)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(limit)))
+    }
+
     pub async fn close(&self) {
-        with_db!(&self.db, p => p.close().await)
+        with_db!(&self.db, p => p.close().await);
+        if let Some(h) = &self.health {
+            h.close().await;
+        }
     }
 
     /// A value kept in the database (e.g. a generated signing key), created once.

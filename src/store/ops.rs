@@ -1,7 +1,7 @@
 //! What operators and compliance need: status counts, live workers, the suppression
 //! list, unsubscribes and template errors.
 
-use super::{Result, Store, with_db};
+use super::{FollowupState, Result, Store, StoreError, with_db};
 use crate::domain::Timestamp;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -60,17 +60,9 @@ impl Store {
     }
 
     pub async fn status(&self, now: Timestamp, live_since: Timestamp) -> Result<StatusReport> {
+        let counts = self.counts().await?;
+        let (followups, skipped_by_reason) = (counts.followups, counts.skipped_by_reason);
         with_db!(&self.db, p => {
-            let mut followups: BTreeMap<String, i64> =
-                ["scheduled", "deferred", "sending", "sent", "skipped", "failed"].iter().map(|s| (s.to_string(), 0)).collect();
-            for r in sqlx::query("SELECT state, COUNT(*) AS n FROM followups GROUP BY state").fetch_all(p).await? {
-                followups.insert(r.try_get("state")?, r.try_get("n")?);
-            }
-            let mut skipped_by_reason = BTreeMap::new();
-            for r in sqlx::query("SELECT reason, COUNT(*) AS n FROM followups WHERE state = 'skipped' GROUP BY reason").fetch_all(p).await? {
-                let reason: Option<String> = r.try_get("reason")?;
-                skipped_by_reason.insert(reason.unwrap_or_else(|| "unknown".into()), r.try_get("n")?);
-            }
             let sent_last_24h: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM followups WHERE state = 'sent' AND sent_at > $1")
                 .bind(now.0 - 86_400_000).fetch_one(p).await?;
             let next_due: Option<i64> = sqlx::query_scalar("SELECT MIN(next_at) FROM followups WHERE state IN ('scheduled', 'deferred')")
@@ -179,53 +171,76 @@ impl Store {
         })
     }
 
-    /// Counters and gauges for `/metrics`, read from the ledger.
+    /// Counters and gauges for `/metrics`: the kept counts and the due-now range of the
+    /// queue index; no scan of the whole ledger.
     pub async fn metrics(&self, now: Timestamp) -> Result<MetricsReport> {
-        let sql_smtp =
-            "SELECT smtp_reply FROM followups WHERE smtp_reply IS NOT NULL AND state <> 'sent'";
-        // Bucket bounds are bound as parameters so the SQL stays one fixed string.
-        let sql_latency = "SELECT COUNT(*) AS n,
-                CAST(COALESCE(SUM(sent_at - due_at), 0) AS BIGINT) AS total,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b0,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b1,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $3 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b2,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $4 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b3,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $5 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b4,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $6 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b5,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $7 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b6,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $8 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b7,
-                CAST(COALESCE(SUM(CASE WHEN sent_at - due_at <= $9 THEN 1 ELSE 0 END), 0) AS BIGINT) AS b8
-            FROM followups WHERE state = 'sent' AND sent_at IS NOT NULL";
+        let counts = self.counts().await?;
         let sql_depth = "SELECT COUNT(*) FROM followups WHERE state IN ('scheduled', 'deferred') AND next_at <= $1";
-        with_db!(&self.db, p => {
-            let mut smtp_errors: BTreeMap<String, i64> =
-                ["4xx", "5xx", "connection"].iter().map(|c| (c.to_string(), 0)).collect();
-            for reply in sqlx::query_scalar::<_, String>(sql_smtp).fetch_all(p).await? {
-                let class = match reply.trim_start().as_bytes().first() {
-                    Some(b'4') => "4xx",
-                    Some(b'5') => "5xx",
-                    _ => "connection",
-                };
-                *smtp_errors.entry(class.to_owned()).or_default() += 1;
-            }
-            let mut q = sqlx::query(sql_latency);
-            for b in LATENCY_BUCKETS {
-                q = q.bind((b * 1000.0) as i64);
-            }
-            let r = q.fetch_one(p).await?;
-            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len());
-            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-                buckets.push((*b, r.try_get::<i64, _>(format!("b{i}").as_str())?));
-            }
-            let queue_depth: i64 = sqlx::query_scalar(sql_depth).bind(now.0).fetch_one(p).await?;
-            Ok(MetricsReport {
-                smtp_errors,
-                latency_count: r.try_get("n")?,
-                latency_sum_ms: r.try_get("total")?,
-                latency_buckets: buckets,
-                queue_depth,
-            })
+        let queue_depth: i64 =
+            with_db!(&self.db, p => sqlx::query_scalar(sql_depth).bind(now.0).fetch_one(p).await?);
+        Ok(MetricsReport {
+            queue_depth,
+            ..counts
         })
+    }
+
+    /// The follow-up counts the ledger's triggers keep (migration 0005): by state, skip
+    /// reason, error class of the last reply and latency bucket. A few dozen rows,
+    /// however large the ledger.
+    pub async fn counts(&self) -> Result<MetricsReport> {
+        let sql = "SELECT state, reason, error_class, latency_bucket,
+                CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(latency_sum_ms) AS BIGINT) AS latency_sum_ms
+            FROM (SELECT state, reason, error_class, latency_bucket, n, latency_sum_ms FROM followup_counts
+                  UNION ALL
+                  SELECT state, reason, error_class, latency_bucket, n, latency_sum_ms FROM followup_count_deltas) c
+            GROUP BY state, reason, error_class, latency_bucket";
+        let mut m = MetricsReport {
+            followups: FollowupState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), 0))
+                .collect(),
+            smtp_errors: ["4xx", "5xx", "connection"]
+                .iter()
+                .map(|c| (c.to_string(), 0))
+                .collect(),
+            ..MetricsReport::default()
+        };
+        let mut per_bucket = [0i64; LATENCY_BUCKETS.len() + 1];
+        with_db!(&self.db, p => {
+            for r in sqlx::query(sql).fetch_all(p).await? {
+                let (state, reason, class): (String, String, String) =
+                    (r.try_get("state")?, r.try_get("reason")?, r.try_get("error_class")?);
+                let bucket: i64 = r.try_get::<i32, _>("latency_bucket")?.into();
+                let (n, sum_ms): (i64, i64) = (r.try_get("n")?, r.try_get("latency_sum_ms")?);
+                if n == 0 {
+                    continue;
+                }
+                *m.followups.entry(state.clone()).or_default() += n;
+                if state == "skipped" {
+                    let reason = if reason.is_empty() { "unknown".to_owned() } else { reason };
+                    *m.skipped_by_reason.entry(reason).or_default() += n;
+                }
+                if !class.is_empty() {
+                    *m.smtp_errors.entry(class).or_default() += n;
+                }
+                if let Some(slot) = usize::try_from(bucket).ok().and_then(|b| per_bucket.get_mut(b)) {
+                    *slot += n;
+                    m.latency_count += n;
+                    m.latency_sum_ms += sum_ms;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        let mut cumulative = 0;
+        m.latency_buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(per_bucket)
+            .map(|(bound, n)| {
+                cumulative += n;
+                (*bound, cumulative)
+            })
+            .collect();
+        Ok(m)
     }
 }
 
@@ -235,6 +250,10 @@ pub const LATENCY_BUCKETS: [f64; 9] =
 
 #[derive(Debug, Clone, Default)]
 pub struct MetricsReport {
+    /// Follow-ups by state (every state present).
+    pub followups: BTreeMap<String, i64>,
+    /// Skipped follow-ups by reason ("unknown" when none was recorded).
+    pub skipped_by_reason: BTreeMap<String, i64>,
     /// Follow-ups whose last SMTP reply was an error, by class (4xx, 5xx, connection).
     pub smtp_errors: BTreeMap<String, i64>,
     pub latency_count: i64,
