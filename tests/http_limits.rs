@@ -393,6 +393,7 @@ async fn an_oversized_body_gets_the_json_413() {
 fn shopify_order(id: u64) -> Value {
     json!({
         "id": id, "created_at": "2025-01-02T10:00:00Z", "processed_at": "2025-01-02T10:05:00Z",
+        "updated_at": "2025-01-02T10:05:01Z", "financial_status": "paid",
         "total_price": "769.00", "currency": "USD",
         "customer": {"id": 7_001_u64, "email": "shop@buyer.example", "first_name": "Sam",
                      "email_marketing_consent": {"state": "subscribed"}},

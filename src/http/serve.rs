@@ -137,8 +137,10 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// What the watchdog of one connection needs to know.
-struct Activity(Mutex<ActivityState>);
+/// What the watchdog of one connection needs to know. The `Notify` wakes the watchdog
+/// when the deadline that applies changes (a head starts, a request enters or leaves the
+/// router); otherwise it would sleep out the idle deadline it computed first.
+struct Activity(Mutex<ActivityState>, tokio::sync::Notify);
 
 struct ActivityState {
     /// Last time bytes went either way.
@@ -151,11 +153,14 @@ struct ActivityState {
 
 impl Activity {
     fn new() -> Activity {
-        Activity(Mutex::new(ActivityState {
-            last_traffic: Instant::now(),
-            head_since: None,
-            in_router: 0,
-        }))
+        Activity(
+            Mutex::new(ActivityState {
+                last_traffic: Instant::now(),
+                head_since: None,
+                in_router: 0,
+            }),
+            tokio::sync::Notify::new(),
+        )
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
@@ -169,6 +174,7 @@ impl Activity {
         s.last_traffic = now;
         if s.in_router == 0 && s.head_since.is_none() {
             s.head_since = Some(now);
+            self.1.notify_one();
         }
     }
 
@@ -180,6 +186,7 @@ impl Activity {
         let mut s = self.state();
         s.in_router += 1;
         s.head_since = None;
+        self.1.notify_one();
         InRouter(self.clone())
     }
 
@@ -198,7 +205,12 @@ impl Activity {
                     (0, None) => (s.last_traffic + limits.idle_timeout, Some("idle timeout")),
                 }
             };
-            tokio::time::sleep_until(deadline).await;
+            // A change of state (stored as a permit if it came before this wait) means
+            // another deadline applies: compute it again.
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.1.notified() => continue,
+            }
             let s = self.state();
             let still = match (s.in_router, s.head_since) {
                 (1.., _) => false,
@@ -221,6 +233,7 @@ impl Drop for InRouter {
         let mut s = self.0.state();
         s.in_router -= 1;
         s.last_traffic = Instant::now();
+        self.0.1.notify_one();
     }
 }
 
