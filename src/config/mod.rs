@@ -62,7 +62,14 @@ pub struct SmtpSettings {
     pub url: String,
     pub from: String,
     pub pool_size: usize,
+    /// Each SMTP step: connect, greeting, EHLO/STARTTLS/AUTH, each command.
     pub timeout: Duration,
+    /// The content and the reply to the final dot (RFC 5321 §4.5.3.2: 10 minutes).
+    pub data_timeout: Duration,
+    /// After a relay-level failure, the first wait before a probe; doubles per failed
+    /// probe up to `probe_max`.
+    pub probe_base: Duration,
+    pub probe_max: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
     pub max_attempts: u32,

@@ -61,6 +61,12 @@ struct RawSmtp {
     pool_size: usize,
     #[serde(default = "ten_s")]
     timeout: String,
+    #[serde(default = "ten_m")]
+    data_timeout: String,
+    #[serde(default = "one_s")]
+    probe_base: String,
+    #[serde(default = "five_m")]
+    probe_max: String,
     username: Option<String>,
     password: Option<String>,
     #[serde(default = "five")]
@@ -200,6 +206,15 @@ fn five() -> u32 {
 fn ten_s() -> String {
     "10s".into()
 }
+fn ten_m() -> String {
+    "10m".into()
+}
+fn one_s() -> String {
+    "1s".into()
+}
+fn five_m() -> String {
+    "5m".into()
+}
 fn one_m() -> String {
     "1m".into()
 }
@@ -334,6 +349,26 @@ pub(super) fn parse(
     if raw.smtp.max_attempts == 0 {
         return Err(key_err("smtp.max_attempts", "must be at least 1".into()));
     }
+    let positive = |key: &str, raw: &str| -> Result<std::time::Duration, ConfigError> {
+        let v = d(key, raw)?;
+        if v.is_zero() {
+            return Err(key_err(key, format!("{raw:?} must be longer than 0s")));
+        }
+        Ok(v)
+    };
+    let smtp_timeout = positive("smtp.timeout", &raw.smtp.timeout)?;
+    let data_timeout = positive("smtp.data_timeout", &raw.smtp.data_timeout)?;
+    let probe_base = positive("smtp.probe_base", &raw.smtp.probe_base)?;
+    let probe_max = d("smtp.probe_max", &raw.smtp.probe_max)?;
+    if probe_max < probe_base {
+        return Err(key_err(
+            "smtp.probe_max",
+            format!(
+                "{:?} is shorter than smtp.probe_base ({:?})",
+                raw.smtp.probe_max, raw.smtp.probe_base
+            ),
+        ));
+    }
     let quiet_hours = QuietHours::parse(&raw.limits.quiet_hours)
         .map_err(|why| key_err("limits.quiet_hours", why))?;
 
@@ -396,7 +431,10 @@ pub(super) fn parse(
             url: raw.smtp.url,
             from: raw.smtp.from,
             pool_size: raw.smtp.pool_size,
-            timeout: d("smtp.timeout", &raw.smtp.timeout)?,
+            timeout: smtp_timeout,
+            data_timeout,
+            probe_base,
+            probe_max,
             username: raw.smtp.username,
             password: raw.smtp.password,
             max_attempts: raw.smtp.max_attempts,
