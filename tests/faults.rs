@@ -172,16 +172,33 @@ async fn a_connection_dropped_mid_data_is_retried_and_sent() {
     assert!(assert_sent_once_after(&sink, &rows, 2) > 20);
 }
 
+/// A server that never answers the final dot: the outcome is unknown (it may have
+/// delivered), so the message is resent only once a lease has passed, with the same
+/// Message-ID, as after a crash.
 #[tokio::test]
-async fn a_stalled_server_times_out_and_the_message_is_sent_on_retry() {
+async fn a_stalled_server_times_out_and_the_message_is_sent_again_after_the_lease() {
     let sink = SmtpSink::start().await;
-    sink.set_faults(FaultPlan::stall_first(1));
+    let firsts: Arc<Mutex<HashMap<String, std::time::Instant>>> = Arc::default();
+    let gaps: Arc<Mutex<Vec<std::time::Duration>>> = Arc::default();
+    let (f, g) = (firsts.clone(), gaps.clone());
+    sink.set_faults(FaultPlan::custom(move |id, prev| {
+        if prev == 0 {
+            f.lock()
+                .unwrap()
+                .insert(id.to_owned(), std::time::Instant::now());
+            Fault::Stall
+        } else {
+            g.lock().unwrap().push(f.lock().unwrap()[id].elapsed());
+            Fault::Accept
+        }
+    }));
     let db = fresh_db().await;
     // Enough connections that the stalls (500 ms each) run side by side, not in a queue.
     let s = settings(&with(
         base_env(&db.url, &sink.url()),
         &[
             ("AFTERCART__SMTP__TIMEOUT", "500ms"),
+            ("AFTERCART__SMTP__DATA_TIMEOUT", "500ms"),
             ("AFTERCART__SMTP__POOL_SIZE", "32"),
             ("AFTERCART__SMTP__RETRY_BASE", "200ms"),
         ],
@@ -197,8 +214,13 @@ async fn a_stalled_server_times_out_and_the_message_is_sent_on_retry() {
     assert!(rows.iter().all(|r| r.state != "failed"), "nothing fails");
     let sent = assert_sent_once_after(&sink, &rows, 2);
     assert!(sent > 10);
-    // A stalled attempt is recorded as a timeout, never as sent, before the retry.
-    assert!(rows.iter().all(|r| r.state != "sent" || r.attempts == 2));
+    // The resend waited for the lease (3 s in the test settings), not the 200 ms backoff.
+    let gaps = gaps.lock().unwrap();
+    assert_eq!(gaps.len(), sent);
+    assert!(
+        gaps.iter().all(|g| *g >= std::time::Duration::from_secs(3)),
+        "{gaps:?}"
+    );
 }
 
 #[tokio::test]

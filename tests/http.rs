@@ -120,6 +120,9 @@ impl App {
             url: self.sink.url(),
             pool_size: 2,
             timeout: Duration::from_secs(10),
+            data_timeout: Duration::from_secs(600),
+            probe_base: Duration::from_secs(1),
+            probe_max: Duration::from_secs(300),
             username: None,
             password: None,
         })

@@ -604,6 +604,9 @@ fn debug_output_of_settings_and_mailer_settings_shows_no_secret() {
         url: "smtp://mailer:url-SECRET-6@127.0.0.1:2525".into(),
         pool_size: 1,
         timeout: Duration::from_secs(1),
+        data_timeout: Duration::from_secs(600),
+        probe_base: Duration::from_secs(1),
+        probe_max: Duration::from_secs(300),
         username: Some("mailer".into()),
         password: s.smtp.password.as_ref().map(|p| p.expose().to_owned()),
     };

@@ -310,6 +310,9 @@ pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
         url: s.smtp.url.clone(),
         pool_size: s.smtp.pool_size,
         timeout: s.smtp.timeout,
+        data_timeout: s.smtp.data_timeout,
+        probe_base: s.smtp.probe_base,
+        probe_max: s.smtp.probe_max,
         username: s.smtp.username.clone(),
         password: s.smtp.password.as_ref().map(|p| p.expose().to_owned()),
     };
@@ -484,10 +487,18 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
     let store = open_store(s).await?;
     let now = Timestamp::now();
     let r = store.status(now, Timestamp(now.0 - 30_000)).await?;
+    // "paused" when any live worker holds its sends back because its relay failed.
+    let paused: Vec<_> = r
+        .workers
+        .iter()
+        .filter_map(|w| w.relay_paused.as_ref().map(|p| (w, p)))
+        .collect();
+    let relay = if paused.is_empty() { "ok" } else { "paused" };
     if json {
         let doc = serde_json::json!({
             "followups": r.followups, "skipped_by_reason": r.skipped_by_reason, "sent_last_24h": r.sent_last_24h,
             "next_due": r.next_due, "workers": r.workers, "template_errors": r.template_errors,
+            "relay": relay,
         });
         writeln!(io.out, "{doc}")?;
         return Ok(());
@@ -520,6 +531,25 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
             w.pid,
             w.started_at.rfc3339()
         )?;
+    }
+    if !paused.is_empty() {
+        writeln!(
+            io.out,
+            "relay: PAUSED on {} of {} live worker(s): sends held back, follow-ups stay queued",
+            paused.len(),
+            r.workers.len()
+        )?;
+        for (w, p) in &paused {
+            writeln!(
+                io.out,
+                "  {}: since {}, {} failed probe(s), next probe {}: {}",
+                w.name,
+                p.since.rfc3339(),
+                p.failed_probes,
+                p.next_probe_at.rfc3339(),
+                p.reason
+            )?;
+        }
     }
     for (campaign, problem) in &r.template_errors {
         writeln!(io.out, "template error in {campaign}: {problem}")?;

@@ -89,7 +89,14 @@ pub struct SmtpSettings {
     pub url: String,
     pub from: String,
     pub pool_size: usize,
+    /// Each SMTP step: connect, greeting, EHLO/STARTTLS/AUTH, each command.
     pub timeout: Duration,
+    /// The content and the reply to the final dot (RFC 5321 §4.5.3.2: 10 minutes).
+    pub data_timeout: Duration,
+    /// After a relay-level failure, the first wait before a probe; doubles per failed
+    /// probe up to `probe_max`.
+    pub probe_base: Duration,
+    pub probe_max: Duration,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub max_attempts: u32,
@@ -117,6 +124,9 @@ impl std::fmt::Debug for SmtpSettings {
             .field("from", &self.from)
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
+            .field("data_timeout", &self.data_timeout)
+            .field("probe_base", &self.probe_base)
+            .field("probe_max", &self.probe_max)
             .field("username", &self.username)
             .field("password", &self.password)
             .field("max_attempts", &self.max_attempts)

@@ -65,6 +65,12 @@ struct RawSmtp {
     pool_size: usize,
     #[serde(default = "ten_s")]
     timeout: String,
+    #[serde(default = "ten_m")]
+    data_timeout: String,
+    #[serde(default = "one_s")]
+    probe_base: String,
+    #[serde(default = "five_m")]
+    probe_max: String,
     username: Option<String>,
     password: Option<String>,
     #[serde(default = "five")]
@@ -219,6 +225,15 @@ fn five() -> u32 {
 }
 fn ten_s() -> String {
     "10s".into()
+}
+fn ten_m() -> String {
+    "10m".into()
+}
+fn one_s() -> String {
+    "1s".into()
+}
+fn five_m() -> String {
+    "5m".into()
 }
 fn one_m() -> String {
     "1m".into()
@@ -503,7 +518,7 @@ pub(super) fn parse(
         ));
     }
     // A zero timeout would cut every connection at once.
-    let positive = |key: &str, raw: &str| {
+    let positive = |key: &str, raw: &str| -> Result<std::time::Duration, ConfigError> {
         let v = d(key, raw)?;
         if v.is_zero() {
             return Err(key_err(key, format!("{raw:?} must be longer than 0s")));
@@ -513,6 +528,19 @@ pub(super) fn parse(
     let header_timeout = positive("http.header_timeout", &raw.http.header_timeout)?;
     let body_timeout = positive("http.body_timeout", &raw.http.body_timeout)?;
     let idle_timeout = positive("http.idle_timeout", &raw.http.idle_timeout)?;
+    let smtp_timeout = positive("smtp.timeout", &raw.smtp.timeout)?;
+    let data_timeout = positive("smtp.data_timeout", &raw.smtp.data_timeout)?;
+    let probe_base = positive("smtp.probe_base", &raw.smtp.probe_base)?;
+    let probe_max = d("smtp.probe_max", &raw.smtp.probe_max)?;
+    if probe_max < probe_base {
+        return Err(key_err(
+            "smtp.probe_max",
+            format!(
+                "{:?} is shorter than smtp.probe_base ({:?})",
+                raw.smtp.probe_max, raw.smtp.probe_base
+            ),
+        ));
+    }
     let quiet_hours = QuietHours::parse(&raw.limits.quiet_hours)
         .map_err(|why| key_err("limits.quiet_hours", why))?;
 
@@ -602,7 +630,10 @@ pub(super) fn parse(
             url: raw.smtp.url,
             from: raw.smtp.from,
             pool_size: raw.smtp.pool_size,
-            timeout: d("smtp.timeout", &raw.smtp.timeout)?,
+            timeout: smtp_timeout,
+            data_timeout,
+            probe_base,
+            probe_max,
             username: raw.smtp.username,
             password: raw.smtp.password.map(Secret::new),
             max_attempts: raw.smtp.max_attempts,

@@ -375,3 +375,40 @@ fn http_limits_have_defaults_and_are_checked() {
         assert!(e.contains(named), "{key}={value}: {e}");
     }
 }
+
+#[test]
+fn smtp_timeouts_and_probe_backoff_have_defaults_and_are_checked() {
+    let s = load_text(DEFAULT_CONFIG, &[]).unwrap();
+    assert_eq!(s.smtp.data_timeout.as_secs(), 600, "RFC 5321 §4.5.3.2");
+    assert_eq!(s.smtp.probe_base.as_secs(), 1);
+    assert_eq!(s.smtp.probe_max.as_secs(), 300);
+    let s = load_text(
+        DEFAULT_CONFIG,
+        &[
+            ("AFTERCART__SMTP__DATA_TIMEOUT", "2m"),
+            ("AFTERCART__SMTP__PROBE_BASE", "5s"),
+            ("AFTERCART__SMTP__PROBE_MAX", "1h"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.smtp.data_timeout.as_secs(), 120);
+    assert_eq!(s.smtp.probe_base.as_secs(), 5);
+    assert_eq!(s.smtp.probe_max.as_secs(), 3600);
+
+    for (key, value, named) in [
+        ("AFTERCART__SMTP__DATA_TIMEOUT", "0s", "smtp.data_timeout"),
+        (
+            "AFTERCART__SMTP__DATA_TIMEOUT",
+            "later",
+            "smtp.data_timeout",
+        ),
+        ("AFTERCART__SMTP__TIMEOUT", "0s", "smtp.timeout"),
+        ("AFTERCART__SMTP__PROBE_BASE", "0s", "smtp.probe_base"),
+        ("AFTERCART__SMTP__PROBE_MAX", "100ms", "smtp.probe_max"),
+    ] {
+        let e = load_text(DEFAULT_CONFIG, &[(key, value)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(named), "{key}={value}: {e}");
+    }
+}

@@ -2,18 +2,28 @@
 //! recommender, the renderer and the mailer, and records outcomes through one ledger
 //! writer that commits them in batched transactions.
 //!
-//! Guarantees (SPEC §6): a claimed row carries a lease; the permit that bounds in-flight
-//! work (`worker.concurrency`) is released only after the outcome is committed, so a
-//! kill -9 can resend at most `concurrency` messages, each with its original Message-ID.
+//! Guarantees (SPEC §6): a claimed row carries a lease, renewed while the worker holds
+//! it; the permit that bounds in-flight work (`worker.concurrency`) is released only after
+//! the outcome is committed, so a kill -9 can resend at most `concurrency` messages, each
+//! with its original Message-ID.
+//!
+//! Whose fault a failed send is decides what happens to the row (see `process`): the
+//! message's (4xx: retry with backoff; 5xx: fail, and suppress a 5.1.x bounce), the
+//! relay's (back to the queue, no attempt counted; while the mailer's breaker is open
+//! this worker claims nothing but one probe at a time), or nobody knows (no reply to the
+//! final dot: resent once, not before a lease has passed, then failed).
 
 use super::compose::{Decision, Engine};
 use super::policy::backoff;
 use crate::domain::Timestamp;
+use crate::mail::relay::RelayState;
 use crate::mail::{Mailer, SendError};
-use crate::store::{Claimed, Finish, FollowupState, History, OrderContext, StoreError};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use crate::store::{
+    Claimed, Finish, FollowupState, History, OrderContext, RelayPause, Store, StoreError,
+};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
@@ -53,6 +63,9 @@ pub struct RunSummary {
     pub failed: u64,
     pub retried: u64,
     pub deferred: u64,
+    /// Claimed follow-ups handed back, attempt not counted, because the relay failed or
+    /// sending was paused.
+    pub held_back: u64,
 }
 
 #[derive(Default)]
@@ -62,7 +75,14 @@ struct Counters {
     failed: AtomicU64,
     retried: AtomicU64,
     deferred: AtomicU64,
+    held_back: AtomicU64,
 }
+
+/// Rows this worker holds (claimed, outcome not yet committed): their leases are renewed.
+type Held = Arc<Mutex<HashSet<i64>>>;
+
+/// Prefix of the reply recorded when the outcome of a send is unknown.
+const UNKNOWN: &str = "unknown:";
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
@@ -128,6 +148,9 @@ impl Worker {
             })
         };
         let rebuild = spawn_model_rebuilds(e.clone());
+        let held_rows: Held = Arc::default();
+        let renewals = spawn_lease_renewals(e.clone(), owner.clone(), Arc::clone(&held_rows));
+        let mut relay_report = RelayReport::default();
 
         let permits = Arc::new(Semaphore::new(s.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
@@ -135,6 +158,33 @@ impl Worker {
         let mut stopping = false;
         loop {
             while tasks.try_join_next().is_some() {}
+            // While the relay is paused nothing is claimed (claiming only to hand back
+            // would churn the ledger), except one follow-up as the probe once it is due
+            // and everything in hand has come back.
+            let relay = self.mailer.relay_state();
+            relay_report.update(&e.store, &owner, &relay).await;
+            let mut want = s.batch_size.min(s.concurrency);
+            if let RelayState::Paused {
+                next_probe_in,
+                probing,
+                ..
+            } = &relay
+            {
+                if !tasks.is_empty() || *probing || !next_probe_in.is_zero() {
+                    let wait = if tasks.is_empty() && !*probing {
+                        *next_probe_in
+                    } else {
+                        s.poll_interval
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                        _ = &mut shutdown => { stopping = true; break; }
+                    }
+                    continue;
+                }
+                want = 1;
+            }
             // Claim only as many rows as there are free permits, so nothing claimed
             // waits long and in-flight work stays bounded.
             let first = tokio::select! {
@@ -142,7 +192,6 @@ impl Worker {
                 _ = &mut shutdown => { stopping = true; break; }
             };
             let mut held = vec![first];
-            let want = s.batch_size.min(s.concurrency);
             for round in 0..2 {
                 while held.len() < want {
                     match Arc::clone(&permits).try_acquire_owned() {
@@ -195,6 +244,7 @@ impl Worker {
                 continue;
             }
             held.truncate(claimed.len());
+            lock(&held_rows).extend(claimed.iter().map(|c| c.id));
             // One read for the whole batch; a failed read hands the rows back soon.
             let ids: Vec<&str> = claimed.iter().map(|c| c.order_id.as_str()).collect();
             let mut loaded = match e.load(&ids, now).await {
@@ -217,11 +267,12 @@ impl Worker {
                     .push((c, p));
             }
             for (customer, rows) in by_customer {
-                let (engine, mailer, tx, counters) = (
+                let (engine, mailer, tx, counters, held_rows) = (
                     e.clone(),
                     Arc::clone(&self.mailer),
                     ledger_tx.clone(),
                     Arc::clone(&counters),
+                    Arc::clone(&held_rows),
                 );
                 let batch = loaded.as_mut().map(|l| {
                     let history = l.histories.remove(&customer);
@@ -238,7 +289,9 @@ impl Worker {
                     };
                     for ((c, permit), ctx) in rows.into_iter().zip(orders) {
                         let span = info_span!("followup", id = c.id, order_id = %c.order_id, campaign = %c.campaign, attempt = c.attempts);
+                        let id = c.id;
                         process(&engine, &mailer, &tx, &counters, c, ctx, &mut history).instrument(span).await;
+                        lock(&held_rows).remove(&id);
                         drop(permit);
                     }
                 });
@@ -261,6 +314,7 @@ impl Worker {
         let _ = writer.await;
         heartbeat.abort();
         rebuild.abort();
+        renewals.abort();
         let handed_back = e.store.release(&owner, e.clock.now()).await?;
         if handed_back > 0 {
             info!(handed_back, "follow-ups handed back to the queue");
@@ -273,6 +327,7 @@ impl Worker {
             failed: c.failed.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             deferred: c.deferred.load(Ordering::Relaxed),
+            held_back: c.held_back.load(Ordering::Relaxed),
         })
     }
 }
@@ -337,7 +392,8 @@ async fn process(
         }
         Ok(Decision::Send(p)) => {
             let items: Vec<String> = p.picks.iter().map(|i| i.product_id.to_string()).collect();
-            if smtp.rate_limit > 0 {
+            // A send the paused relay would refuse anyway needs no slot.
+            if smtp.rate_limit > 0 && !mailer.relay_state().refuses_sends() {
                 wait_for_send_slot(e).await;
             }
             match mailer.send(&p.email).await {
@@ -355,11 +411,11 @@ async fn process(
                         at,
                     }
                 }
-                Err(SendError::Permanent { reply }) => {
-                    warn!(%reply, "permanent SMTP failure");
+                Err(SendError::Permanent { reply, hard_bounce }) => {
+                    warn!(%reply, hard_bounce, "permanent SMTP failure");
                     counters.failed.fetch_add(1, Ordering::Relaxed);
                     // A dead mailbox stays dead: later campaigns skip it (`suppressed`).
-                    if is_hard_bounce(&reply)
+                    if hard_bounce
                         && let Err(err) = e
                             .store
                             .suppress(&p.email.to, "hard_bounce", Timestamp::now())
@@ -369,26 +425,52 @@ async fn process(
                     }
                     Finish::Failed { reply }
                 }
+                // The relay's state, not this message's: back to the queue as it was
+                // (attempt not counted); the breaker decides when sending resumes.
+                Err(SendError::Relay { reply }) => {
+                    counters.held_back.fetch_add(1, Ordering::Relaxed);
+                    let keep_unknown = c
+                        .last_reply
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(UNKNOWN));
+                    Finish::Retry {
+                        next_at: e.clock.now(),
+                        // An earlier unknown outcome must stay visible to the next attempt.
+                        reply: (!keep_unknown).then(|| format!("relay paused: {reply}")),
+                        state: FollowupState::Scheduled,
+                        smtp_attempt: false,
+                    }
+                }
+                // The relay may have delivered it. Resent at most once, with the same
+                // Message-ID, and not before a lease has passed (what a crash allows);
+                // a second unknown ends `failed` for an operator to judge.
+                Err(SendError::Unknown { reply }) => {
+                    let again = c
+                        .last_reply
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(UNKNOWN));
+                    if again || c.attempts >= smtp.max_attempts as i64 {
+                        warn!(%reply, "outcome unknown again: failed, not resent");
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                        Finish::Failed { reply }
+                    } else {
+                        let (wait, retry) =
+                            retry_later(e, c.attempts, e.settings.worker.lease, &reply);
+                        warn!(%reply, retry_in = ?wait, "outcome unknown: resending once after the lease");
+                        counters.retried.fetch_add(1, Ordering::Relaxed);
+                        retry
+                    }
+                }
                 Err(SendError::Transient { reply }) if c.attempts >= smtp.max_attempts as i64 => {
                     warn!(%reply, "last attempt failed");
                     counters.failed.fetch_add(1, Ordering::Relaxed);
                     Finish::Failed { reply }
                 }
                 Err(SendError::Transient { reply }) => {
-                    let wait = backoff(
-                        c.attempts,
-                        smtp.retry_base,
-                        smtp.retry_max,
-                        rand::random::<f64>(),
-                    );
+                    let (wait, retry) = retry_later(e, c.attempts, Duration::ZERO, &reply);
                     info!(%reply, retry_in = ?wait, "transient SMTP failure; retrying");
                     counters.retried.fetch_add(1, Ordering::Relaxed);
-                    Finish::Retry {
-                        next_at: e.clock.now().plus(wait),
-                        reply: Some(reply),
-                        state: FollowupState::Scheduled,
-                        smtp_attempt: true,
-                    }
+                    retry
                 }
             }
         }
@@ -399,6 +481,26 @@ async fn process(
     {
         warn!(error = %err, "outcome not recorded; the lease will bring the follow-up back");
     }
+}
+
+/// Another SMTP attempt of this message after the retry backoff (and not before
+/// `at_least`); this attempt counts.
+fn retry_later(e: &Engine, attempts: i64, at_least: Duration, reply: &str) -> (Duration, Finish) {
+    let smtp = &e.settings.smtp;
+    let wait = backoff(
+        attempts,
+        smtp.retry_base,
+        smtp.retry_max,
+        rand::random::<f64>(),
+    )
+    .max(at_least);
+    let retry = Finish::Retry {
+        next_at: e.clock.now().plus(wait),
+        reply: Some(reply.to_owned()),
+        state: FollowupState::Scheduled,
+        smtp_attempt: true,
+    };
+    (wait, retry)
 }
 
 /// Commits outcomes in batches: whatever arrived while the last commit ran.
@@ -474,24 +576,73 @@ async fn wait_for_send_slot(e: &Engine) {
     }
 }
 
-/// 550/551/553 and enhanced codes 5.1.x: the mailbox does not exist or is refused for
-/// good. Other 5xx (a policy block, a message too large) say nothing about the address.
-fn is_hard_bounce(reply: &str) -> bool {
-    let mut parts = reply.split_whitespace();
-    let code = parts.next().unwrap_or("");
-    let enhanced = parts.next().unwrap_or("");
-    matches!(code, "550" | "551" | "553")
-        && (enhanced.starts_with("5.1.") || !enhanced.starts_with("5."))
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hard_bounces_are_mailbox_errors() {
-        assert!(super::is_hard_bounce("550 5.1.1 no such user"));
-        assert!(super::is_hard_bounce("553 mailbox name not allowed"));
-        assert!(!super::is_hard_bounce("550 5.7.1 message refused as spam"));
-        assert!(!super::is_hard_bounce("552 5.3.4 message too big"));
-        assert!(!super::is_hard_bounce("451 4.3.0 try later"));
+/// Renews the leases of the rows this worker holds every third of a lease, so a send
+/// waiting long for its reply (up to `smtp.data_timeout`) is never taken over.
+fn spawn_lease_renewals(e: Engine, owner: String, held: Held) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let lease = e.settings.worker.lease;
+        let every = (lease / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let ids: Vec<i64> = lock(&held).iter().copied().collect();
+            if let Err(err) = e
+                .store
+                .extend_leases(&owner, &ids, e.clock.now().plus(lease))
+                .await
+            {
+                warn!(error = %err, "lease renewal failed; retrying");
+            }
+        }
+    })
+}
+
+/// Keeps the worker's registry row in step with the relay's state, for `status`.
+#[derive(Default)]
+struct RelayReport {
+    /// What was last written: (reason, failed probes), None = up.
+    written: Option<(String, u32)>,
+}
+
+impl RelayReport {
+    async fn update(&mut self, store: &Store, owner: &str, relay: &RelayState) {
+        let now = match relay {
+            RelayState::Up => None,
+            RelayState::Paused {
+                reason,
+                failed_probes,
+                ..
+            } => Some((reason.clone(), *failed_probes)),
+        };
+        if now == self.written {
+            return;
+        }
+        let pause = match relay {
+            RelayState::Up => None,
+            RelayState::Paused {
+                reason,
+                since,
+                failed_probes,
+                next_probe_in,
+                ..
+            } => Some(RelayPause {
+                reason: reason.clone(),
+                since: Timestamp(
+                    since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or_default(),
+                ),
+                failed_probes: i64::from(*failed_probes),
+                next_probe_at: Timestamp::now().plus(*next_probe_in),
+            }),
+        };
+        match store.set_worker_relay(owner, pause.as_ref()).await {
+            Ok(()) => self.written = now,
+            Err(err) => warn!(error = %err, "could not record the relay's state"),
+        }
     }
 }

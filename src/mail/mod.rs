@@ -3,14 +3,23 @@
 //! [`build_message`] turns an [`OutgoingEmail`] into a multipart/alternative message with a
 //! stable Message-ID and the list headers. [`Mailer`] delivers it over SMTP (`smtp://`,
 //! `smtps://`) through a small pool of long-lived connections, or writes `.eml` files
-//! (`file://DIR`). Delivery failures come back as [`SendError::Transient`] (retry later) or
-//! [`SendError::Permanent`] (fail now), with the server's reply text.
+//! (`file://DIR`). Delivery failures come back as a [`SendError`] that says whose problem
+//! it is: this message's, later ([`SendError::Transient`]) or never
+//! ([`SendError::Permanent`]); the relay's ([`SendError::Relay`]: nobody is to blame, and
+//! the breaker in [`relay`] pauses sending until a probe gets through); or nobody knows
+//! ([`SendError::Unknown`]: the final dot went out and no reply came).
+//!
+//! Timeouts follow RFC 5321 §4.5.3.2: `timeout` bounds each step (connect, greeting, each
+//! command), `data_timeout` the wait for the reply to the final dot (10 minutes by
+//! default, as the RFC asks, since a relay may do its work before answering).
 //!
 //! Why not `lettre::AsyncSmtpTransport`: lettre 0.11.23 leaves Nagle on, so each message
 //! waits ~40 ms for a delayed ACK, and its pool caps idle connections only. We open the TCP
 //! stream ourselves with `TCP_NODELAY`, hand it to `AsyncSmtpConnection`, and bound the
 //! total number of connections with a semaphore.
 
+pub mod relay;
+mod reply;
 pub mod sink;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +37,9 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, Tls
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::Semaphore;
+
+use relay::{Admission, Breaker, RelayState};
+use reply::{Step, Verdict, verdict};
 
 /// One email ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,18 +87,34 @@ pub enum MailError {
 /// Why a message was not delivered. `reply` is the server's reply or what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying later: SMTP 4xx, connection errors, timeouts, dropped connections.
+    /// This message, later: a 4xx reply to RCPT, DATA or the final dot, or a connection
+    /// lost before the final dot went out (so the relay cannot have taken it).
     #[error("transient failure: {reply}")]
     Transient { reply: String },
-    /// Retrying will not help: SMTP 5xx, or a message that cannot be built.
+    /// This message, never: a 5xx reply to RCPT, DATA or the final dot, or a message that
+    /// cannot be built. `hard_bounce`: the reply says the recipient's mailbox does not
+    /// exist (enhanced code 5.1.x to RCPT or the dot), a fact worth remembering.
     #[error("permanent failure: {reply}")]
-    Permanent { reply: String },
+    Permanent { reply: String, hard_bounce: bool },
+    /// The relay, not the message: connection refused, a 421 or 5xx greeting, EHLO, TLS or
+    /// AUTH failing, a timeout before the envelope was through, our sender refused at
+    /// MAIL FROM, relaying refused, or sending paused by the breaker ([`relay`]). Nothing
+    /// was delivered; the same message may be tried again once the relay is fixed.
+    #[error("relay unavailable: {reply}")]
+    Relay { reply: String },
+    /// The final dot went out and no reply came (timeout or connection lost): the relay
+    /// may have delivered it. Never resend blindly.
+    #[error("outcome unknown: {reply}")]
+    Unknown { reply: String },
 }
 
 impl SendError {
     pub fn reply(&self) -> &str {
         match self {
-            SendError::Transient { reply } | SendError::Permanent { reply } => reply,
+            SendError::Transient { reply }
+            | SendError::Permanent { reply, .. }
+            | SendError::Relay { reply }
+            | SendError::Unknown { reply } => reply,
         }
     }
 
@@ -94,9 +122,26 @@ impl SendError {
         matches!(self, SendError::Transient { .. })
     }
 
+    pub fn is_relay(&self) -> bool {
+        matches!(self, SendError::Relay { .. })
+    }
+
     fn transient(reply: impl Into<String>) -> Self {
         SendError::Transient {
             reply: reply.into(),
+        }
+    }
+
+    fn relay(reply: impl Into<String>) -> Self {
+        SendError::Relay {
+            reply: reply.into(),
+        }
+    }
+
+    fn permanent(reply: impl Into<String>) -> Self {
+        SendError::Permanent {
+            reply: reply.into(),
+            hard_bounce: false,
         }
     }
 }
@@ -181,8 +226,16 @@ pub struct MailerConfig {
     pub url: String,
     /// Maximum number of simultaneous SMTP connections (also how many stay open).
     pub pool_size: usize,
-    /// Limit for one whole send: connect, greeting, MAIL, RCPT, DATA.
+    /// Limit for each step: TCP connect, TLS handshake, greeting and EHLO, STARTTLS,
+    /// AUTH, each command (MAIL, RCPT, DATA, RSET, NOOP).
     pub timeout: Duration,
+    /// Limit for sending the content and getting the reply to the final dot
+    /// (RFC 5321 §4.5.3.2: 10 minutes).
+    pub data_timeout: Duration,
+    /// First wait before probing a relay that failed; doubles per failed probe.
+    pub probe_base: Duration,
+    /// Longest wait between probes.
+    pub probe_max: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -216,7 +269,7 @@ impl std::fmt::Debug for Mailer {
 
 enum Transport {
     File { dir: PathBuf },
-    Smtp(SmtpPool),
+    Smtp(Box<SmtpPool>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,9 +283,15 @@ enum TlsMode {
     Implicit,
 }
 
+/// An open SMTP connection and the watch on what was written to it.
+struct Conn {
+    smtp: AsyncSmtpConnection,
+    wire: Wire,
+}
+
 /// A connection waiting in the pool.
 struct Idle {
-    conn: AsyncSmtpConnection,
+    conn: Conn,
     since: Instant,
 }
 
@@ -243,9 +302,11 @@ struct SmtpPool {
     hello: ClientId,
     credentials: Option<Credentials>,
     timeout: Duration,
+    data_timeout: Duration,
     /// Bounds open connections (idle + in use) to `pool_size`.
     permits: Semaphore,
     idle: Mutex<Vec<Idle>>,
+    breaker: Breaker,
 }
 
 /// Idle connections older than this get a NOOP before use: servers drop idle clients.
@@ -273,7 +334,7 @@ impl Mailer {
         }
         let pool = SmtpPool::from_config(&cfg)?;
         let mailer = Mailer {
-            inner: Arc::new(Transport::Smtp(pool)),
+            inner: Arc::new(Transport::Smtp(Box::new(pool))),
             dkim: None,
         };
         if let Transport::Smtp(pool) = &*mailer.inner {
@@ -285,9 +346,8 @@ impl Mailer {
     /// Sends one message to `e.to`. Returns the server's final reply
     /// (e.g. "250 2.0.0 Ok queued") or, for `file://`, "250 written to PATH".
     pub async fn send(&self, e: &OutgoingEmail) -> Result<String, SendError> {
-        let mut message = build_message(e).map_err(|err| SendError::Permanent {
-            reply: format!("invalid message: {err}"),
-        })?;
+        let mut message = build_message(e)
+            .map_err(|err| SendError::permanent(format!("invalid message: {err}")))?;
         if let Some(dkim) = &self.dkim {
             message.sign(dkim);
         }
@@ -323,12 +383,21 @@ impl Mailer {
         Ok(self)
     }
 
+    /// The relay's state: `Up`, or `Paused` by the breaker after a relay-level failure
+    /// (always `Up` for `file://`).
+    pub fn relay_state(&self) -> RelayState {
+        match &*self.inner {
+            Transport::File { .. } => RelayState::Up,
+            Transport::Smtp(pool) => pool.breaker.state(Instant::now()),
+        }
+    }
+
     /// Politely closes idle SMTP connections (QUIT). Sends still work afterwards.
     pub async fn shutdown(&self) {
         if let Transport::Smtp(pool) = &*self.inner {
             let idle: Vec<Idle> = std::mem::take(&mut *lock(&pool.idle));
             for mut i in idle {
-                let _ = tokio::time::timeout(Duration::from_secs(2), i.conn.quit()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), i.conn.smtp.quit()).await;
             }
         }
     }
@@ -374,24 +443,50 @@ async fn write_eml(dir: &Path, message_id: &str, bytes: &[u8]) -> Result<String,
     Ok(format!("250 written to {}", done.display()))
 }
 
-/// Where in the transaction a failure happened: decides whether the connection is reusable
-/// and whether a retry on a fresh connection is safe (nothing delivered yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Envelope,
-    Content,
-}
-
 /// Outcome of one transaction on one connection.
 enum TxnResult {
     Delivered(String),
     /// A reply-level rejection; the connection is still in sync.
     Rejected(SendError),
-    /// The connection is unusable (I/O error, odd reply, 421).
+    /// The connection is unusable (I/O error, timeout, odd reply, 421). `fresh_retry`:
+    /// nothing can have been delivered, so on a pooled connection (perhaps closed by the
+    /// server while idle) one retry on a new connection is safe.
     Broken {
-        stage: Stage,
+        fresh_retry: bool,
         err: SendError,
     },
+}
+
+/// A step that did not get a positive reply.
+enum StepError {
+    /// The server answered with a negative reply: "550 5.1.1 no such user".
+    Reply(String),
+    /// No usable reply: I/O error, connection closed, timeout, garbage.
+    Lost(String),
+}
+
+impl StepError {
+    fn from_lettre(err: &lettre::transport::smtp::Error) -> StepError {
+        match err.status() {
+            Some(_) => StepError::Reply(smtp_error_text(err)),
+            None => StepError::Lost(smtp_error_text(err)),
+        }
+    }
+}
+
+/// Runs one step under its time limit.
+async fn step<T>(
+    limit: Duration,
+    what: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, StepError> {
+    match tokio::time::timeout(limit, what).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(err)) => Err(StepError::from_lettre(&err)),
+        Err(_) => Err(StepError::Lost(format!(
+            "no reply within {}",
+            humantime::format_duration(limit)
+        ))),
+    }
 }
 
 impl SmtpPool {
@@ -456,100 +551,116 @@ impl SmtpPool {
         }
         let pool_size = cfg.pool_size.max(1);
         Ok(SmtpPool {
+            breaker: Breaker::new(format!("{host}:{port}"), cfg.probe_base, cfg.probe_max),
             host,
             port,
             tls,
             hello: ClientId::default(),
             credentials,
             timeout: cfg.timeout,
+            data_timeout: cfg.data_timeout,
             permits: Semaphore::new(pool_size),
             idle: Mutex::new(Vec::with_capacity(pool_size)),
         })
     }
 
+    /// Opens one connection ahead of the first send; a relay that is down already pauses
+    /// sending (the breaker), so the first batch does not each find out for itself.
     async fn warm_up(&self) {
         let Ok(_permit) = self.permits.acquire().await else {
             return;
         };
-        match tokio::time::timeout(self.timeout, self.open()).await {
-            Ok(Ok(conn)) => lock(&self.idle).push(Idle {
+        match self.open().await {
+            Ok(conn) => lock(&self.idle).push(Idle {
                 conn,
                 since: Instant::now(),
             }),
-            Ok(Err(err)) => {
-                tracing::warn!(host = %self.host, port = self.port, reply = err.reply(), "SMTP server not reachable yet")
-            }
-            Err(_) => {
-                tracing::warn!(host = %self.host, port = self.port, "SMTP connect timed out")
-            }
+            Err(err) => self
+                .breaker
+                .record(Admission::Normal, Some(err.reply()), Instant::now()),
         }
     }
 
     async fn send(&self, message: &Message) -> Result<String, SendError> {
-        // Waiting for a free connection is not the server's fault: outside the timeout.
+        // While the breaker is open, refuse at once: no connection, no wait for a permit.
+        let mut admission = self
+            .breaker
+            .admit(Instant::now())
+            .map_err(SendError::relay)?;
+        // Waiting for a free connection is not the server's fault: outside the timeouts.
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| SendError::transient("mailer closed"))?;
+        if !admission.is_probe() {
+            // The breaker may have opened while this send waited for a connection.
+            admission = self
+                .breaker
+                .admit(Instant::now())
+                .map_err(SendError::relay)?;
+        }
+        let result = self.deliver(message).await;
+        let relay_failure = match &result {
+            Err(SendError::Relay { reply }) => Some(reply.as_str()),
+            _ => None,
+        };
+        self.breaker
+            .record(admission, relay_failure, Instant::now());
+        result
+    }
+
+    async fn deliver(&self, message: &Message) -> Result<String, SendError> {
         let bytes = message.formatted();
         let envelope = message.envelope();
-        let attempt = async {
-            // A pooled connection may have been closed by the server while idle; if it
-            // fails before anything was delivered, one retry on a fresh connection is safe.
-            let mut reused = self.take_idle().await;
-            loop {
-                let was_reused = reused.is_some();
-                let mut conn = match reused.take() {
-                    Some(c) => c,
-                    None => self.open().await?,
-                };
-                match transact(&mut conn, envelope, &bytes).await {
-                    TxnResult::Delivered(reply) => {
-                        self.put_back(conn);
-                        return Ok(reply);
+        let mut reused = self.take_idle().await;
+        loop {
+            let was_reused = reused.is_some();
+            let mut conn = match reused.take() {
+                Some(c) => c,
+                None => self.open().await?,
+            };
+            match self.transact(&mut conn, envelope, &bytes).await {
+                TxnResult::Delivered(reply) => {
+                    self.put_back(conn);
+                    return Ok(reply);
+                }
+                TxnResult::Rejected(err) => {
+                    self.put_back(conn);
+                    return Err(err);
+                }
+                TxnResult::Broken { fresh_retry, err } => {
+                    drop(conn);
+                    if was_reused && fresh_retry {
+                        tracing::debug!(
+                            reply = err.reply(),
+                            "pooled SMTP connection was dead; reconnecting"
+                        );
+                        continue;
                     }
-                    TxnResult::Rejected(err) => {
-                        self.put_back(conn);
-                        return Err(err);
-                    }
-                    TxnResult::Broken { stage, err } => {
-                        drop(conn);
-                        if was_reused && stage == Stage::Envelope {
-                            tracing::debug!(
-                                reply = err.reply(),
-                                "pooled SMTP connection was dead; reconnecting"
-                            );
-                            continue;
-                        }
-                        return Err(err);
-                    }
+                    return Err(err);
                 }
             }
-        };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result,
-            // Dropping the future dropped (closed) the connection in use.
-            Err(_) => Err(SendError::transient(format!(
-                "timed out after {}",
-                humantime::format_duration(self.timeout)
-            ))),
         }
     }
 
     /// Takes the most recently used idle connection, checking stale ones with NOOP.
-    async fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    async fn take_idle(&self) -> Option<Conn> {
         loop {
             let idle = lock(&self.idle).pop()?;
             let mut conn = idle.conn;
-            if idle.since.elapsed() < STALE_AFTER || conn.test_connected().await {
+            if idle.since.elapsed() < STALE_AFTER
+                || tokio::time::timeout(self.timeout, conn.smtp.test_connected())
+                    .await
+                    .unwrap_or(false)
+            {
                 return Some(conn);
             }
         }
     }
 
-    fn put_back(&self, conn: AsyncSmtpConnection) {
-        if !conn.has_broken() {
+    fn put_back(&self, conn: Conn) {
+        if !conn.smtp.has_broken() {
             lock(&self.idle).push(Idle {
                 conn,
                 since: Instant::now(),
@@ -557,37 +668,61 @@ impl SmtpPool {
         }
     }
 
-    /// Opens a connection: TCP with TCP_NODELAY, optional TLS, greeting, EHLO, STARTTLS, AUTH.
-    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
+    /// Opens a connection: TCP with TCP_NODELAY, optional TLS, greeting, EHLO, STARTTLS,
+    /// AUTH, each step within `timeout`. Every failure here is the relay's (`Relay`).
+    async fn open(&self) -> Result<Conn, SendError> {
         let fail = |what: &str, err: &dyn std::fmt::Display| {
-            SendError::transient(format!("{what} {}:{}: {err}", self.host, self.port))
+            SendError::relay(format!("{what} {}:{}: {err}", self.host, self.port))
         };
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|err| fail("cannot connect to", &err))?;
+        let timed_out = |what: &str| {
+            fail(
+                what,
+                &format!(
+                    "timed out after {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            )
+        };
+        let limit = self.timeout;
+        let tcp = tokio::time::timeout(
+            limit,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| timed_out("cannot connect to"))?
+        .map_err(|err| fail("cannot connect to", &err))?;
         // The reason this function exists: without it every message waits ~40 ms for the
         // peer's delayed ACK (lettre writes the final "\r\n.\r\n" separately).
         tcp.set_nodelay(true)
             .map_err(|err| fail("cannot set TCP_NODELAY on", &err))?;
         let tls_params =
             || TlsParameters::new(self.host.clone()).map_err(|err| fail("TLS setup for", &err));
+        let wire = Wire::default();
         let stream: Box<dyn AsyncTokioStream> = if self.tls == TlsMode::Implicit {
-            Box::new(
-                ImplicitTls::handshake(tcp, tls_params()?)
-                    .await
-                    .map_err(|err| fail("TLS handshake with", &err))?,
-            )
+            let tls = tokio::time::timeout(limit, ImplicitTls::handshake(tcp, tls_params()?))
+                .await
+                .map_err(|_| timed_out("TLS handshake with"))?
+                .map_err(|err| fail("TLS handshake with", &err))?;
+            Box::new(Watched::new(tls, wire.clone()))
         } else {
-            Box::new(tcp)
+            Box::new(Watched::new(tcp, wire.clone()))
         };
-        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
-            .await
-            .map_err(|err| fail("SMTP greeting/EHLO failed at", &smtp_error_text(&err)))?;
+        let session_fail = |what: &str, err: StepError| match err {
+            StepError::Reply(reply) | StepError::Lost(reply) => fail(what, &reply),
+        };
+        let mut smtp = step(
+            limit,
+            AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
+        )
+        .await
+        .map_err(|err| session_fail("SMTP greeting/EHLO failed at", err))?;
         match self.tls {
-            TlsMode::StartTlsRequired | TlsMode::StartTlsOpportunistic if conn.can_starttls() => {
-                conn.starttls(tls_params()?, &self.hello)
+            TlsMode::StartTlsRequired | TlsMode::StartTlsOpportunistic if smtp.can_starttls() => {
+                step(limit, smtp.starttls(tls_params()?, &self.hello))
                     .await
-                    .map_err(|err| fail("STARTTLS failed at", &smtp_error_text(&err)))?;
+                    .map_err(|err| session_fail("STARTTLS failed at", err))?;
+                // From here on the watched bytes are ciphertext.
+                wire.set_opaque();
             }
             TlsMode::StartTlsRequired => {
                 return Err(fail(
@@ -598,100 +733,143 @@ impl SmtpPool {
             _ => {}
         }
         if let Some(creds) = &self.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
-                .await
-                .map_err(|err| fail("authentication failed at", &smtp_error_text(&err)))?;
+            step(
+                limit,
+                smtp.auth(&[Mechanism::Plain, Mechanism::Login], creds),
+            )
+            .await
+            .map_err(|err| session_fail("authentication failed at", err))?;
         }
         tracing::debug!(host = %self.host, port = self.port, "SMTP connection opened");
-        Ok(conn)
-    }
-}
-
-/// MAIL, RCPT, DATA and the content on an open connection. Unlike `AsyncSmtpConnection::send`,
-/// a 4xx/5xx reply does not abort the connection: it is reset with RSET and reused.
-async fn transact(conn: &mut AsyncSmtpConnection, envelope: &Envelope, bytes: &[u8]) -> TxnResult {
-    let mut params = Vec::new();
-    let non_ascii_addr = envelope
-        .from()
-        .into_iter()
-        .chain(envelope.to())
-        .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
-    if non_ascii_addr {
-        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
-            return TxnResult::Rejected(SendError::Permanent {
-                reply: "non-ASCII address but the server does not support SMTPUTF8".into(),
-            });
-        }
-        params.push(MailParameter::SmtpUtfEight);
-    }
-    if !bytes.is_ascii() {
-        if !conn.server_info().supports_feature(Extension::EightBitMime) {
-            return TxnResult::Rejected(SendError::Permanent {
-                reply: "8-bit message but the server does not support 8BITMIME".into(),
-            });
-        }
-        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        Ok(Conn { smtp, wire })
     }
 
-    let envelope_steps = async {
-        conn.command(Mail::new(envelope.from().cloned(), params))
-            .await?;
-        for rcpt in envelope.to() {
-            conn.command(Rcpt::new(rcpt.clone(), vec![])).await?;
-        }
-        conn.command(Data).await
-    };
-    if let Err(err) = envelope_steps.await {
-        return match classify(&err, Stage::Envelope) {
-            TxnResult::Rejected(e) => {
-                // Abandon the transaction so the connection can carry the next message.
-                if conn.command(Rset).await.is_ok() {
-                    TxnResult::Rejected(e)
-                } else {
-                    TxnResult::Broken {
-                        stage: Stage::Content, // the verdict is final: do not retry
-                        err: e,
-                    }
-                }
+    /// MAIL, RCPT, DATA and the content on an open connection. Unlike
+    /// `AsyncSmtpConnection::send`, a 4xx/5xx reply does not abort the connection: it is
+    /// reset with RSET and reused. Each command waits at most `timeout`; the content and
+    /// the reply to the final dot at most `data_timeout`.
+    async fn transact(&self, conn: &mut Conn, envelope: &Envelope, bytes: &[u8]) -> TxnResult {
+        let smtp = &mut conn.smtp;
+        let mut params = Vec::new();
+        let non_ascii_addr = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+        if non_ascii_addr {
+            if !smtp.server_info().supports_feature(Extension::SmtpUtfEight) {
+                return TxnResult::Rejected(SendError::permanent(
+                    "non-ASCII address but the server does not support SMTPUTF8",
+                ));
             }
-            other => other,
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        if !bytes.is_ascii() {
+            if !smtp.server_info().supports_feature(Extension::EightBitMime) {
+                return TxnResult::Rejected(SendError::permanent(
+                    "8-bit message but the server does not support 8BITMIME",
+                ));
+            }
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+
+        let limit = self.timeout;
+        let envelope_steps = async {
+            step(
+                limit,
+                smtp.command(Mail::new(envelope.from().cloned(), params)),
+            )
+            .await
+            .map_err(|e| (Step::Mail, e))?;
+            for rcpt in envelope.to() {
+                step(limit, smtp.command(Rcpt::new(rcpt.clone(), vec![])))
+                    .await
+                    .map_err(|e| (Step::Rcpt, e))?;
+            }
+            step(limit, smtp.command(Data))
+                .await
+                .map_err(|e| (Step::Data, e))
         };
-    }
-    match conn.message(bytes).await {
-        Ok(resp) => {
-            let mut reply = resp.code().to_string();
-            for line in resp.message() {
-                reply.push(' ');
-                reply.push_str(line);
+        match envelope_steps.await {
+            Ok(_) => {}
+            Err((at, StepError::Reply(reply))) => {
+                let err = judged(at, reply);
+                if matches!(&err, SendError::Relay { reply } if reply.starts_with("421")) {
+                    return TxnResult::Broken {
+                        fresh_retry: true,
+                        err,
+                    };
+                }
+                // Abandon the transaction so the connection can carry the next message.
+                return if step(limit, smtp.command(Rset)).await.is_ok() {
+                    TxnResult::Rejected(err)
+                } else {
+                    // The verdict is final: do not retry on a fresh connection.
+                    TxnResult::Broken {
+                        fresh_retry: false,
+                        err,
+                    }
+                };
             }
-            TxnResult::Delivered(reply)
+            // Nothing delivered; a relay that drops or stalls us before the content is
+            // the relay's state.
+            Err((at, StepError::Lost(why))) => {
+                return TxnResult::Broken {
+                    fresh_retry: true,
+                    err: SendError::relay(format!("connection lost at {}: {why}", at.name())),
+                };
+            }
         }
-        Err(err) => classify(&err, Stage::Content),
+
+        let mark = conn.wire.mark();
+        match step(self.data_timeout, conn.smtp.message(bytes)).await {
+            Ok(resp) => {
+                let mut reply = resp.code().to_string();
+                for line in resp.message() {
+                    reply.push(' ');
+                    reply.push_str(line);
+                }
+                TxnResult::Delivered(reply)
+            }
+            Err(StepError::Reply(reply)) => {
+                let err = judged(Step::Dot, reply);
+                // A 421 closes the channel; any other reply leaves it in sync.
+                if err.reply().starts_with("421") {
+                    return TxnResult::Broken {
+                        fresh_retry: false,
+                        err,
+                    };
+                }
+                TxnResult::Rejected(err)
+            }
+            Err(StepError::Lost(why)) => {
+                let err = match conn.wire.dot_sent_since(mark) {
+                    // The relay cannot have the whole message: safe to send again.
+                    Some(false) => {
+                        SendError::transient(format!("connection lost during DATA: {why}"))
+                    }
+                    // RFC 5321 §6.1: it may have delivered it.
+                    Some(true) | None => SendError::Unknown {
+                        reply: format!(
+                            "unknown: no reply to the end of DATA ({why}); the relay may have delivered it"
+                        ),
+                    },
+                };
+                TxnResult::Broken {
+                    fresh_retry: false,
+                    err,
+                }
+            }
+        }
     }
 }
 
-/// Maps a lettre error to our outcome: reply codes keep their text; anything else means
-/// the connection can no longer be trusted.
-fn classify(err: &lettre::transport::smtp::Error, stage: Stage) -> TxnResult {
-    match err.status() {
-        Some(code) => {
-            let text = smtp_error_text(err);
-            // 421: the server is closing the channel.
-            if code.to_string() == "421" {
-                TxnResult::Broken {
-                    stage,
-                    err: SendError::transient(text),
-                }
-            } else if err.is_permanent() {
-                TxnResult::Rejected(SendError::Permanent { reply: text })
-            } else {
-                TxnResult::Rejected(SendError::transient(text))
-            }
-        }
-        None => TxnResult::Broken {
-            stage,
-            err: SendError::transient(format!("connection lost: {}", smtp_error_text(err))),
-        },
+/// Turns a negative reply to `at` into the error that says whose problem it is.
+fn judged(at: Step, reply: String) -> SendError {
+    match verdict(at, &reply) {
+        Verdict::Relay => SendError::Relay { reply },
+        Verdict::Transient => SendError::Transient { reply },
+        Verdict::Permanent { hard_bounce } => SendError::Permanent { reply, hard_bounce },
     }
 }
 
@@ -702,6 +880,97 @@ fn smtp_error_text(err: &lettre::transport::smtp::Error) -> String {
         (Some(code), Some(msg)) => format!("{code} {msg}").trim_end().to_string(),
         (Some(code), None) => code.to_string(),
         _ => err.to_string(),
+    }
+}
+
+/// What was last written to a connection, seen below lettre: whether the final
+/// "\r\n.\r\n" went out tells "the relay cannot have the message" (retry) from "it may
+/// have it" (unknown). Dot-stuffing keeps that sequence out of the content, so only the
+/// terminator can produce it. Opaque once STARTTLS wraps the stream (ciphertext).
+#[derive(Clone, Debug, Default)]
+struct Wire(Arc<Mutex<WireState>>);
+
+#[derive(Debug, Default)]
+struct WireState {
+    written: u64,
+    tail: [u8; 5],
+    opaque: bool,
+}
+
+const END_OF_DATA: &[u8; 5] = b"\r\n.\r\n";
+
+impl Wire {
+    fn mark(&self) -> u64 {
+        lock(&self.0).written
+    }
+
+    /// Some(true) when the terminator went out after `mark`, None when unknowable.
+    fn dot_sent_since(&self, mark: u64) -> Option<bool> {
+        let w = lock(&self.0);
+        (!w.opaque).then(|| w.written > mark && &w.tail == END_OF_DATA)
+    }
+
+    fn set_opaque(&self) {
+        lock(&self.0).opaque = true;
+    }
+
+    fn wrote(&self, buf: &[u8]) {
+        let mut w = lock(&self.0);
+        w.written += buf.len() as u64;
+        let keep = buf.len().min(5);
+        w.tail.rotate_left(keep);
+        w.tail[5 - keep..].copy_from_slice(&buf[buf.len() - keep..]);
+    }
+}
+
+/// A stream that reports what it writes to its [`Wire`].
+#[derive(Debug)]
+struct Watched<S> {
+    inner: S,
+    wire: Wire,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, wire: Wire) -> Self {
+        Watched { inner, wire }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.wire.wrote(&buf[..*n]);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncTokioStream> AsyncTokioStream for Watched<S> {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.peer_addr()
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! [`SmtpSink`] listens on `127.0.0.1:0`, speaks enough SMTP for lettre (EHLO/HELO, MAIL,
 //! RCPT, DATA, RSET, NOOP, QUIT), records every accepted message and can inject faults per
-//! DATA attempt ([`FaultPlan`]) so that retry and idempotency logic can be exercised over a
-//! genuine TCP connection rather than a stub transport.
+//! DATA attempt ([`FaultPlan`]) and at the greeting, MAIL FROM and RCPT TO
+//! ([`SessionFaults`]) so that retry, idempotency and relay-outage logic can be exercised
+//! over a genuine TCP connection rather than a stub transport.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,6 +47,41 @@ pub enum Fault {
 }
 
 type FaultFn = dyn Fn(&str, usize) -> Fault + Send + Sync;
+type RcptFn = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Replies the sink gives instead of its usual ones before DATA: what a relay that is down,
+/// misconfigured or refusing our sender does. Default: none.
+#[derive(Clone, Default)]
+pub struct SessionFaults {
+    /// Instead of "220 …", this reply, then the connection is closed
+    /// (e.g. "421 4.3.2 Service not available").
+    pub greeting: Option<String>,
+    /// The reply to every MAIL FROM (e.g. "553 5.1.8 Sender address rejected").
+    pub mail: Option<String>,
+    /// The reply to RCPT TO:<address> when this returns Some
+    /// (e.g. "554 5.7.1 Relay access denied", "550 5.1.1 no such user").
+    pub rcpt: Option<Arc<RcptFn>>,
+}
+
+impl fmt::Debug for SessionFaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionFaults")
+            .field("greeting", &self.greeting)
+            .field("mail", &self.mail)
+            .field("rcpt", &self.rcpt.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl SessionFaults {
+    /// Answer every RCPT TO with `f(address)` when it returns Some.
+    pub fn rcpt(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        SessionFaults {
+            rcpt: Some(Arc::new(f)),
+            ..SessionFaults::default()
+        }
+    }
+}
 
 /// Decides the fate of each DATA attempt from the Message-ID and how many times that
 /// Message-ID was attempted before (0-based).
@@ -136,6 +172,8 @@ struct State {
     attempts: Mutex<HashMap<String, usize>>,
     count: AtomicUsize,
     connections: AtomicUsize,
+    mail_commands: AtomicUsize,
+    session: RwLock<SessionFaults>,
     keep_bodies: AtomicBool,
     delay_nanos: AtomicU64,
     faults: RwLock<FaultPlan>,
@@ -171,6 +209,8 @@ impl SmtpSink {
             attempts: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            mail_commands: AtomicUsize::new(0),
+            session: RwLock::new(SessionFaults::default()),
             keep_bodies: AtomicBool::new(true),
             delay_nanos: AtomicU64::new(0),
             faults: RwLock::new(FaultPlan::none()),
@@ -206,6 +246,11 @@ impl SmtpSink {
     /// Number of connections accepted so far (to check connection reuse).
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// Number of MAIL FROM commands received so far, answered 250 or not.
+    pub fn mail_commands(&self) -> usize {
+        self.state.mail_commands.load(Ordering::Relaxed)
     }
 
     /// Message-IDs of the accepted messages, in acceptance order.
@@ -255,6 +300,16 @@ impl SmtpSink {
     /// Fault injection for subsequent DATA attempts.
     pub fn set_faults(&self, plan: FaultPlan) {
         *self.state.faults.write().unwrap_or_else(|e| e.into_inner()) = plan;
+    }
+
+    /// Faults at the greeting, MAIL FROM and RCPT TO for subsequent connections and
+    /// commands (`SessionFaults::default()` clears them).
+    pub fn set_session_faults(&self, faults: SessionFaults) {
+        *self
+            .state
+            .session
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = faults;
     }
 
     /// Forget received messages and attempt counts.
@@ -310,9 +365,25 @@ async fn serve(stream: TcpStream, state: Arc<State>) {
     }
 }
 
+fn session(state: &State) -> SessionFaults {
+    state
+        .session
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+fn reply_line(reply: &str) -> Vec<u8> {
+    format!("{}\r\n", reply.trim_end()).into_bytes()
+}
+
 async fn serve_inner(stream: TcpStream, state: &State) -> ConnResult {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    if let Some(reply) = session(state).greeting {
+        wr.write_all(&reply_line(&reply)).await?;
+        return Ok(());
+    }
     wr.write_all(b"220 sink.localhost ESMTP aftercart test sink\r\n")
         .await?;
 
@@ -344,26 +415,34 @@ async fn serve_inner(stream: TcpStream, state: &State) -> ConnResult {
                 txn = Txn::default();
                 wr.write_all(b"250 sink.localhost\r\n").await?;
             }
-            b"MAIL" => match path_arg(cmd, b"MAIL FROM:") {
-                Some(p) => {
-                    txn = Txn {
-                        from: Some(p),
-                        to: Vec::new(),
-                    };
-                    wr.write_all(b"250 2.1.0 Ok\r\n").await?;
+            b"MAIL" => {
+                state.mail_commands.fetch_add(1, Ordering::Relaxed);
+                match (path_arg(cmd, b"MAIL FROM:"), session(state).mail) {
+                    (Some(_), Some(refusal)) => wr.write_all(&reply_line(&refusal)).await?,
+                    (Some(p), None) => {
+                        txn = Txn {
+                            from: Some(p),
+                            to: Vec::new(),
+                        };
+                        wr.write_all(b"250 2.1.0 Ok\r\n").await?;
+                    }
+                    (None, _) => {
+                        wr.write_all(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
+                            .await?
+                    }
                 }
-                None => {
-                    wr.write_all(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
-                        .await?
-                }
-            },
+            }
             b"RCPT" => {
                 if txn.from.is_none() {
                     wr.write_all(b"503 5.5.1 Error: need MAIL command\r\n")
                         .await?;
                     continue;
                 }
+                let refused = session(state).rcpt;
                 match path_arg(cmd, b"RCPT TO:") {
+                    Some(p) if let Some(reply) = refused.as_ref().and_then(|f| f(&p)) => {
+                        wr.write_all(&reply_line(&reply)).await?;
+                    }
                     Some(p) => {
                         txn.to.push(p);
                         wr.write_all(b"250 2.1.5 Ok\r\n").await?;

@@ -88,6 +88,8 @@ pub struct Claimed {
     pub due_at: Timestamp,
     /// Counting this claim.
     pub attempts: i64,
+    /// The reply the previous attempt left (an unknown outcome starts with "unknown:").
+    pub last_reply: Option<String>,
 }
 
 /// How a claimed row ends (or goes back to the queue).
@@ -135,12 +137,12 @@ pub struct FollowupRow {
 
 const CLAIM_SQLITE: &str = "UPDATE followups SET state = 'sending', lease_owner = $1, next_at = $2, attempts = attempts + 1, updated_at = $3
  WHERE id IN (SELECT id FROM followups WHERE next_at IS NOT NULL AND next_at <= $3 ORDER BY next_at LIMIT $4)
- RETURNING id, order_id, campaign, customer_id, due_at, attempts";
+ RETURNING id, order_id, campaign, customer_id, due_at, attempts, smtp_reply";
 // SKIP LOCKED lets many workers claim side by side without waiting on each other.
 const CLAIM_PG: &str = "UPDATE followups f SET state = 'sending', lease_owner = $1, next_at = $2, attempts = f.attempts + 1, updated_at = $3
  FROM (SELECT id FROM followups WHERE next_at IS NOT NULL AND next_at <= $3 ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED) c
  WHERE f.id = c.id
- RETURNING f.id, f.order_id, f.campaign, f.customer_id, f.due_at, f.attempts";
+ RETURNING f.id, f.order_id, f.campaign, f.customer_id, f.due_at, f.attempts, f.smtp_reply";
 
 // Every outcome of a batch in one statement: the rows arrive as one JSON array, so the
 // SQL stays fixed. Only the lease owner may finish a row still in `sending`.
@@ -186,6 +188,7 @@ impl Store {
                     customer_id: r.try_get("customer_id")?,
                     due_at: Timestamp(r.try_get("due_at")?),
                     attempts: r.try_get("attempts")?,
+                    last_reply: r.try_get("smtp_reply")?,
                 })
             }).collect::<Result<Vec<_>>>()?;
             out.sort_by_key(|c| (c.due_at, c.id));
@@ -224,6 +227,26 @@ impl Store {
         };
         let _turn = self.write_turn().await;
         with_db!(&self.db, p => Ok(sqlx::query(sql).bind(&json).bind(owner).bind(now.0).execute(p).await?.rows_affected()))
+    }
+
+    /// Extends the leases of rows `owner` still holds to `until`: a send may wait up to
+    /// `smtp.data_timeout` for the reply to its final dot, longer than a lease, and must
+    /// not be taken over (and sent twice) meanwhile. A dead worker renews nothing, so its
+    /// rows come back at most one lease after its last renewal.
+    pub async fn extend_leases(&self, owner: &str, ids: &[i64], until: Timestamp) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let json = serde_json::Value::from(ids.to_vec()).to_string();
+        let sql = if matches!(self.db, Db::Sqlite(_)) {
+            "UPDATE followups SET next_at = $3 WHERE id IN (SELECT value FROM json_each($2))
+             AND lease_owner = $1 AND state = 'sending'"
+        } else {
+            "UPDATE followups SET next_at = $3 WHERE id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint)
+             AND lease_owner = $1 AND state = 'sending'"
+        };
+        let _turn = self.write_turn().await;
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(owner).bind(&json).bind(until.0).execute(p).await?.rows_affected()))
     }
 
     /// Hands rows this worker holds back to the queue at once (graceful shutdown).

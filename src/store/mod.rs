@@ -9,7 +9,9 @@ mod ops;
 
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
 pub use ledger::{Claimed, Finish, FollowupRow, FollowupState, ScheduleRule};
-pub use ops::{LATENCY_BUCKETS, MetricsReport, StatusReport, SuppressionRow, WorkerRow};
+pub use ops::{
+    LATENCY_BUCKETS, MetricsReport, RelayPause, StatusReport, SuppressionRow, WorkerRow,
+};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -23,6 +23,19 @@ pub struct WorkerRow {
     pub pid: i64,
     pub started_at: Timestamp,
     pub heartbeat_at: Timestamp,
+    /// Set while this worker's SMTP relay is paused (circuit breaker open).
+    pub relay_paused: Option<RelayPause>,
+}
+
+/// Why and since when a worker holds its sends back: the relay failed (refused
+/// connection, 421 greeting, sender or relaying refused…) and probes have not got
+/// through yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelayPause {
+    pub reason: String,
+    pub since: Timestamp,
+    pub failed_probes: i64,
+    pub next_probe_at: Timestamp,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,13 +80,25 @@ impl Store {
                 .bind(now.0 - 86_400_000).fetch_one(p).await?;
             let next_due: Option<i64> = sqlx::query_scalar("SELECT MIN(next_at) FROM followups WHERE state IN ('scheduled', 'deferred')")
                 .fetch_one(p).await?;
-            let workers = sqlx::query("SELECT name, host, pid, started_at, heartbeat_at FROM workers
+            let workers = sqlx::query("SELECT name, host, pid, started_at, heartbeat_at, relay_reason, relay_paused_at,
+                                              relay_failed_probes, relay_next_probe_at FROM workers
                                        WHERE stopped_at IS NULL AND heartbeat_at >= $1 ORDER BY name")
                 .bind(live_since.0).fetch_all(p).await?
                 .iter().map(|r| -> Result<WorkerRow> {
+                    let reason: Option<String> = r.try_get("relay_reason")?;
+                    let relay_paused = match reason {
+                        None => None,
+                        Some(reason) => Some(RelayPause {
+                            reason,
+                            since: Timestamp(r.try_get::<Option<i64>, _>("relay_paused_at")?.unwrap_or_default()),
+                            failed_probes: r.try_get::<Option<i64>, _>("relay_failed_probes")?.unwrap_or_default(),
+                            next_probe_at: Timestamp(r.try_get::<Option<i64>, _>("relay_next_probe_at")?.unwrap_or_default()),
+                        }),
+                    };
                     Ok(WorkerRow {
                         name: r.try_get("name")?, host: r.try_get("host")?, pid: r.try_get("pid")?,
                         started_at: Timestamp(r.try_get("started_at")?), heartbeat_at: Timestamp(r.try_get("heartbeat_at")?),
+                        relay_paused,
                     })
                 }).collect::<Result<Vec<_>>>()?;
             let mut template_errors = BTreeMap::new();
@@ -101,6 +126,18 @@ impl Store {
         let sql = "INSERT INTO workers (name, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
                    ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, stopped_at = NULL";
         with_db!(&self.db, p => { sqlx::query(sql).bind(name).bind(host).bind(pid).bind(now.0).execute(p).await?; Ok(()) })
+    }
+
+    /// Records (or clears, with None) that this worker's relay is paused, for `status`.
+    pub async fn set_worker_relay(&self, name: &str, pause: Option<&RelayPause>) -> Result<()> {
+        let sql =
+            "UPDATE workers SET relay_reason = $2, relay_paused_at = $3, relay_failed_probes = $4,
+                   relay_next_probe_at = $5 WHERE name = $1";
+        with_db!(&self.db, p => {
+            sqlx::query(sql).bind(name).bind(pause.map(|r| r.reason.as_str())).bind(pause.map(|r| r.since.0))
+                .bind(pause.map(|r| r.failed_probes)).bind(pause.map(|r| r.next_probe_at.0)).execute(p).await?;
+            Ok(())
+        })
     }
 
     pub async fn worker_stopped(&self, name: &str, now: Timestamp) -> Result<()> {
