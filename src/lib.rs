@@ -12,6 +12,7 @@ pub mod http;
 pub mod import;
 pub mod jobs;
 pub mod mail;
+pub mod measure;
 pub mod recommend;
 pub mod render;
 pub mod store;

@@ -62,6 +62,53 @@ impl Signer {
         format!("{}.{}", B64.encode(payload), B64.encode(sig))
     }
 
+    /// The keys a signature may be made with at `now`: the current one, then the previous
+    /// one before its end.
+    fn accepted(&self, now: Timestamp) -> impl Iterator<Item = &[u8]> {
+        let previous = self
+            .previous
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(key, _)| key.as_slice());
+        std::iter::once(self.key.as_slice()).chain(previous)
+    }
+
+    /// A signer for another kind of token (tracked links…) whose keys are derived from
+    /// these (HMAC of the purpose under each key), so one configured secret and its
+    /// rotation serve every kind, and a token of one kind never verifies as another. The
+    /// label has no newline, so no unsubscribe signature (over "customer\nscope") is
+    /// ever a derived key.
+    pub fn derive(&self, purpose: &str) -> Signer {
+        let derive = |key: &[u8]| {
+            let label = format!("aftercart/{purpose}");
+            Self::mac(key, label.as_bytes())
+                .finalize()
+                .into_bytes()
+                .to_vec()
+        };
+        Signer {
+            key: derive(&self.key),
+            previous: self
+                .previous
+                .as_ref()
+                .map(|(key, until)| (derive(key), *until)),
+        }
+    }
+
+    /// HMAC-SHA256 of `payload` under the current key.
+    pub fn sign_bytes(&self, payload: &[u8]) -> [u8; 32] {
+        Self::mac(&self.key, payload).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the first `tag.len()` bytes (at least `min_len`, RFC 2104 §5) of
+    /// `payload`'s HMAC under a key accepted at `now`, compared in constant time.
+    pub fn verify_bytes(&self, payload: &[u8], tag: &[u8], min_len: usize, now: Timestamp) -> bool {
+        tag.len() >= min_len.max(1)
+            && self
+                .accepted(now)
+                .any(|key| Self::mac(key, payload).verify_truncated_left(tag).is_ok())
+    }
+
     /// Checks the signature in constant time against the current key, then (before its
     /// end) the previous one; None for anything forged, malformed or signed with a key
     /// that is no longer accepted at `now`.
@@ -69,13 +116,7 @@ impl Signer {
         let (payload, sig) = token.split_once('.')?;
         let payload = B64.decode(payload).ok()?;
         let sig = B64.decode(sig).ok()?;
-        let signed_by = |key: &[u8]| Self::mac(key, &payload).verify_slice(&sig).is_ok();
-        let valid = signed_by(&self.key)
-            || self
-                .previous
-                .as_ref()
-                .is_some_and(|(key, until)| now < *until && signed_by(key));
-        if !valid {
+        if !self.verify_bytes(&payload, &sig, 32, now) {
             return None;
         }
         let text = String::from_utf8(payload).ok()?;
@@ -136,5 +177,25 @@ mod tests {
         let forged = Signer::new("guess").token("C000001", "all");
         let (_, sig) = forged.split_once('.').unwrap();
         assert!(rotated.verify(&format!("{p}.{sig}"), NOW).is_none());
+    }
+
+    #[test]
+    fn truncated_macs_need_their_minimum_length_and_derived_keys_differ() {
+        let s = Signer::new("k1");
+        let tag = s.sign_bytes(b"payload");
+        assert!(s.verify_bytes(b"payload", &tag, 32, NOW));
+        assert!(s.verify_bytes(b"payload", &tag[..16], 16, NOW));
+        assert!(!s.verify_bytes(b"payload", &tag[..15], 16, NOW));
+        assert!(!s.verify_bytes(b"payload", &[], 0, NOW));
+        assert!(!s.verify_bytes(b"other", &tag[..16], 16, NOW));
+        let mut longer = tag.to_vec();
+        longer.push(0);
+        assert!(!s.verify_bytes(b"payload", &longer, 16, NOW));
+        // A derived signer signs differently from its parent and from other purposes, and
+        // its tokens are no unsubscribe tokens.
+        let links = s.derive("tracked-links");
+        assert!(!links.verify_bytes(b"payload", &tag, 32, NOW));
+        assert_ne!(links.sign_bytes(b"x"), s.derive("other").sign_bytes(b"x"));
+        assert!(s.verify(&links.token("C000001", "all"), NOW).is_none());
     }
 }

@@ -52,6 +52,7 @@ pub struct Settings {
     pub limits: Limits,
     pub unsubscribe: UnsubscribeSettings,
     pub shopify: ShopifySettings,
+    pub attribution: AttributionSettings,
     pub campaigns: Vec<Campaign>,
     /// The templates folder (`templates/` beside the config file by default).
     pub templates_dir: PathBuf,
@@ -245,6 +246,18 @@ impl ShopifySettings {
     }
 }
 
+/// `[attribution]`: how the report credits orders to emails (see `measure`).
+#[derive(Debug, Clone)]
+pub struct AttributionSettings {
+    /// An order within this after a click on a follow-up is attributed to it.
+    pub click_window: Duration,
+    /// Recipients and holdout are compared on their orders within this after each
+    /// follow-up's due time.
+    pub conversion_window: Duration,
+    /// Adds an open-tracking pixel to emails; off by default (privacy).
+    pub open_pixel: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CapPolicy {
@@ -263,6 +276,8 @@ pub struct Campaign {
     pub max_price_ratio: f64,
     pub enabled: bool,
     pub cap_policy: CapPolicy,
+    /// The share of customers kept out as the control group (0 = none).
+    pub holdout_share: crate::measure::HoldoutShare,
 }
 
 impl Settings {

@@ -7,6 +7,7 @@ use super::{
     UnsubscribeSettings, WorkerSettings,
 };
 use crate::domain::{CampaignName, Strategy, Trigger, parse_duration, parse_rfc3339};
+use crate::measure::HoldoutShare;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +31,8 @@ struct Raw {
     shopify: RawShopify,
     #[serde(default)]
     templates: RawTemplates,
+    #[serde(default)]
+    attribution: RawAttribution,
     #[serde(default)]
     campaigns: Vec<RawCampaign>,
 }
@@ -184,6 +187,24 @@ struct RawTemplates {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAttribution {
+    click_window: String,
+    conversion_window: String,
+    open_pixel: bool,
+}
+
+impl Default for RawAttribution {
+    fn default() -> Self {
+        Self {
+            click_window: "5d".into(),
+            conversion_window: "14d".into(),
+            open_pixel: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCampaign {
     name: String,
@@ -200,6 +221,8 @@ struct RawCampaign {
     enabled: bool,
     #[serde(default = "defer")]
     cap_policy: CapPolicy,
+    #[serde(default = "tenth")]
+    holdout_share: f64,
 }
 
 fn usd() -> String {
@@ -252,6 +275,9 @@ fn yes() -> bool {
 }
 fn defer() -> CapPolicy {
     CapPolicy::Defer
+}
+fn tenth() -> f64 {
+    HoldoutShare::DEFAULT.value()
 }
 
 /// Keys holding secrets: they belong in the environment, and a file that holds one gets
@@ -578,6 +604,8 @@ pub(super) fn parse(
             max_price_ratio: c.max_price_ratio,
             enabled: c.enabled,
             cap_policy: c.cap_policy,
+            holdout_share: HoldoutShare::parse(c.holdout_share)
+                .map_err(|why| key_err(&at("holdout_share"), why))?,
         });
     }
 
@@ -606,6 +634,16 @@ pub(super) fn parse(
                 ),
             ));
         }
+    };
+
+    // A zero window would attribute nothing and count no order.
+    let attribution = super::AttributionSettings {
+        click_window: positive("attribution.click_window", &raw.attribution.click_window)?,
+        conversion_window: positive(
+            "attribution.conversion_window",
+            &raw.attribution.conversion_window,
+        )?,
+        open_pixel: raw.attribution.open_pixel,
     };
 
     let templates_dir = match raw.templates.dir {
@@ -710,6 +748,7 @@ pub(super) fn parse(
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
         },
+        attribution,
         campaigns,
         templates_dir,
     })

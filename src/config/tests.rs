@@ -412,3 +412,96 @@ fn smtp_timeouts_and_probe_backoff_have_defaults_and_are_checked() {
         assert!(e.contains(named), "{key}={value}: {e}");
     }
 }
+
+#[test]
+fn attribution_and_holdout_have_defaults_and_are_checked() {
+    // Without the section or the key: 5 days, 14 days, no pixel, one customer in ten.
+    let bare: String = DEFAULT_CONFIG
+        .lines()
+        .filter(|l| {
+            ![
+                "[attribution]",
+                "click_window",
+                "conversion_window",
+                "open_pixel",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!bare.contains("[attribution]"));
+    assert!(!bare.contains("holdout_share"));
+    for text in [DEFAULT_CONFIG, bare.as_str()] {
+        let s = load_text(text, &[]).unwrap();
+        assert_eq!(s.attribution.click_window.as_secs(), 5 * 86_400);
+        assert_eq!(s.attribution.conversion_window.as_secs(), 14 * 86_400);
+        assert!(!s.attribution.open_pixel);
+        for c in &s.campaigns {
+            assert_eq!(
+                c.holdout_share,
+                crate::measure::HoldoutShare::DEFAULT,
+                "{}",
+                c.name
+            );
+        }
+    }
+
+    let s = load_text(
+        DEFAULT_CONFIG,
+        &[
+            ("AFTERCART__ATTRIBUTION__CLICK_WINDOW", "7d"),
+            ("AFTERCART__ATTRIBUTION__OPEN_PIXEL", "true"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.attribution.click_window.as_secs(), 7 * 86_400);
+    assert!(s.attribution.open_pixel);
+
+    for (bad, key) in [
+        ("\"soon\"", "attribution.click_window"),
+        ("\"0s\"", "attribution.click_window"),
+    ] {
+        let text =
+            DEFAULT_CONFIG.replace("click_window = \"5d\"", &format!("click_window = {bad}"));
+        let e = load_text(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+    let e = load_text(
+        DEFAULT_CONFIG,
+        &[("AFTERCART__ATTRIBUTION__CONVERSION_WINDOW", "later")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("AFTERCART__ATTRIBUTION__CONVERSION_WINDOW")
+            && e.contains("attribution.conversion_window"),
+        "{e}"
+    );
+    let e = load_text(
+        DEFAULT_CONFIG,
+        &[("AFTERCART__ATTRIBUTION__OPEN_PIXEL", "maybe")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("expected true or false"), "{e}");
+
+    // Per campaign, 0 to 1, as a decimal or a whole number.
+    let with_share = |v: &str| {
+        DEFAULT_CONFIG.replace(
+            "cap_policy = \"skip\"",
+            &format!("cap_policy = \"skip\"\nholdout_share = {v}"),
+        )
+    };
+    for (v, want) in [("0", 0.0), ("0.0", 0.0), ("0.25", 0.25), ("1", 1.0)] {
+        let s = load_text(&with_share(v), &[]).unwrap();
+        assert_eq!(s.campaigns[1].holdout_share.value(), want, "{v}");
+        assert_eq!(s.campaigns[0].holdout_share.value(), 0.1);
+    }
+    for v in ["1.5", "-0.1", "nan", "\"10%\""] {
+        let e = load_text(&with_share(v), &[]).unwrap_err().to_string();
+        assert!(e.contains("campaigns[1].holdout_share"), "{v}: {e}");
+    }
+    let e = load_text(&with_share("1.5"), &[]).unwrap_err().to_string();
+    assert!(e.contains("from 0 to 1"), "{e}");
+}
