@@ -75,7 +75,10 @@ impl Money {
     }
     /// Decimal string with two decimals, the way it came in ("24.99").
     pub fn decimal(self) -> String {
-        format!("{}.{:02}", self.0 / 100, self.0 % 100)
+        // Sign first: `-150 % 100` is -50, which would print "-1.-50".
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let a = self.0.unsigned_abs();
+        format!("{sign}{}.{:02}", a / 100, a % 100)
     }
 }
 
@@ -108,6 +111,8 @@ mod tests {
         assert_eq!(Money::parse("5").unwrap().minor(), 500);
         assert_eq!(Money::parse("0.5").unwrap().minor(), 50);
         assert_eq!(Money::parse("299.00").unwrap().decimal(), "299.00");
+        assert_eq!(Money(-150).decimal(), "-1.50");
+        assert_eq!(Money(-5).decimal(), "-0.05");
     }
 
     #[test]
