@@ -15,7 +15,7 @@
 mod common;
 
 use aftercart::jobs::{Clock, RunOptions, Worker};
-use aftercart::mail::sink::SmtpSink;
+use aftercart_testkit::sink::SmtpSink;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ async fn drain(admin: Option<&str>, followups: usize, workers: usize) -> Drain {
     let mut runs = Vec::new();
     for i in 0..workers {
         let engine = engine(s.clone(), store.clone(), Clock::System).await;
-        let mailer = aftercart::cli::mailer(&s).await.unwrap();
+        let mailer = aftercart::app::mailer(&s).await.unwrap();
         let mut opts = RunOptions::new(true);
         opts.name = format!("bench-{i}-{}", opts.name);
         runs.push(Worker::new(engine, mailer, opts));
@@ -222,7 +222,7 @@ async fn profile(n: usize) {
         per(t, emails.len().min(500))
     );
 
-    let mailer = aftercart::cli::mailer(&s).await.unwrap();
+    let mailer = aftercart::app::mailer(&s).await.unwrap();
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     let emails = std::sync::Arc::new(emails);

@@ -7,8 +7,8 @@
 mod common;
 
 use aftercart::config::Settings;
-use aftercart::mail::sink::{FaultPlan, SmtpSink};
 use aftercart::store::{FollowupRow, FollowupState, Store};
+use aftercart_testkit::sink::{FaultPlan, SmtpSink};
 use common::*;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};

@@ -10,8 +10,8 @@
 mod common;
 
 use aftercart::jobs::{Clock, RunOptions, Worker};
-use aftercart::mail::sink::{Fault, FaultPlan, SmtpSink};
 use aftercart::store::{FollowupRow, Store};
+use aftercart_testkit::sink::{Fault, FaultPlan, SmtpSink};
 use common::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -333,7 +333,7 @@ async fn the_smtp_rate_limit_holds_across_workers() {
     let mut runs = Vec::new();
     for i in 0..2 {
         let e = engine(s.clone(), store.clone(), Clock::System).await;
-        let mailer = aftercart::cli::mailer(&s).await.unwrap();
+        let mailer = aftercart::app::mailer(&s).await.unwrap();
         let mut opts = RunOptions::new(true);
         opts.name = format!("rate-{i}-{}", opts.name);
         runs.push(tokio::spawn(

@@ -4,14 +4,14 @@
 
 mod common;
 
-use aftercart::cli::{open_engine, open_store};
+use aftercart::app::{open_engine, open_store};
 use aftercart::config::Settings;
 use aftercart::domain::Timestamp;
 use aftercart::import::{Kind, import_reader};
 use aftercart::jobs::{Clock, Engine, RunOptions, Worker};
-use aftercart::mail::sink::SmtpSink;
 use aftercart::mail::{Mailer, MailerConfig};
 use aftercart::store::FollowupState;
+use aftercart_testkit::sink::SmtpSink;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;

@@ -13,8 +13,8 @@ mod common;
 
 use aftercart::domain::Timestamp;
 use aftercart::jobs::{Clock, Engine};
-use aftercart::mail::sink::{Fault, FaultPlan, SmtpSink};
 use aftercart::store::{Finish, FollowupState, LATENCY_BUCKETS, Store};
+use aftercart_testkit::sink::{Fault, FaultPlan, SmtpSink};
 use base64::Engine as _;
 use common::*;
 use hmac::{Hmac, Mac};

@@ -16,8 +16,8 @@ mod common;
 
 use aftercart::config::Settings;
 use aftercart::jobs::{Clock, RunOptions, RunSummary, Worker};
-use aftercart::mail::sink::{Fault, FaultPlan, SessionFaults, SmtpSink};
 use aftercart::store::{FollowupRow, Store, StoreError};
+use aftercart_testkit::sink::{Fault, FaultPlan, SessionFaults, SmtpSink};
 use common::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -70,7 +70,7 @@ struct Running {
 
 async fn start_worker(s: &Settings, store: &Store, until_idle: bool) -> Running {
     let e = engine(s.clone(), store.clone(), Clock::System).await;
-    let mailer = aftercart::cli::mailer(s).await.unwrap();
+    let mailer = aftercart::app::mailer(s).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         Worker::new(e, mailer, RunOptions::new(until_idle))

@@ -6,7 +6,7 @@ mod common;
 
 use aftercart::domain::{Order, OrderStatus, Timestamp};
 use aftercart::jobs::{Clock, RunOptions, Worker, watch_templates};
-use aftercart::mail::sink::SmtpSink;
+use aftercart_testkit::sink::SmtpSink;
 use common::*;
 use std::path::Path;
 use std::time::Duration;
@@ -152,7 +152,7 @@ async fn hot_reload_uses_good_changes_and_refuses_broken_ones() {
     let store = store(&s).await;
     import_sample(&store, &s, Some(600)).await;
     // Only the new orders below matter: finish the sample's own follow-ups first.
-    let mailer = aftercart::cli::mailer(&s).await.unwrap();
+    let mailer = aftercart::app::mailer(&s).await.unwrap();
     let e = engine(s.clone(), store.clone(), clock_at_first_due(&store).await).await;
     Worker::new(e, mailer.clone(), RunOptions::new(true))
         .run(std::future::pending())
@@ -168,7 +168,7 @@ async fn hot_reload_uses_good_changes_and_refuses_broken_ones() {
             let _ = stop_rx.await;
         }),
     );
-    let rules = aftercart::cli::schedule_rules(&s);
+    let rules = aftercart::jobs::schedule_rules(&s);
     let subjects = |sink: &SmtpSink| -> Vec<String> {
         sink.received()
             .iter()
@@ -301,7 +301,7 @@ async fn a_template_that_fails_to_render_sends_nothing_and_keeps_the_followup() 
     s.templates_dir = tdir.path().to_path_buf();
     let store = store(&s).await;
     import_sample(&store, &s, Some(400)).await;
-    let mailer = aftercart::cli::mailer(&s).await.unwrap();
+    let mailer = aftercart::app::mailer(&s).await.unwrap();
     // Every sample follow-up is long due by the system clock.
     let e = engine(s.clone(), store.clone(), Clock::System).await;
     // Run a bounded while: rows with a template error come back every minute.

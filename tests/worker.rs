@@ -6,7 +6,7 @@ mod common;
 
 use aftercart::domain::Timestamp;
 use aftercart::jobs::Clock;
-use aftercart::mail::sink::SmtpSink;
+use aftercart_testkit::sink::SmtpSink;
 use common::*;
 use std::collections::HashSet;
 
@@ -101,7 +101,7 @@ async fn consent_unsubscribe_suppression_and_cancellation_skip_with_a_reason() {
     let mut cancelled = order.clone();
     cancelled.status = aftercart::domain::OrderStatus::Cancelled;
     let out = store
-        .upsert_orders(&[cancelled], &aftercart::cli::schedule_rules(&s), now)
+        .upsert_orders(&[cancelled], &aftercart::jobs::schedule_rules(&s), now)
         .await
         .unwrap();
     assert!(out.cancelled >= 1);

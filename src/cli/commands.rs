@@ -1,18 +1,16 @@
 //! One function per command.
 
-use super::setup::{load_settings, open_engine, open_store};
 use super::{
     CampaignCommand, Cli, CliError, Command, FollowupsCommand, Io, ModelCommand, SuppressCommand,
     TemplatesCommand,
 };
+use crate::app::{load_settings, open_engine, open_store};
 use crate::config::Settings;
 use crate::domain::{EmailAddress, ProductId, Timestamp, parse_duration, parse_rfc3339};
 use crate::import::{Kind, import_reader};
-use crate::jobs::{Clock, RunOptions, Worker};
-use crate::mail::{Mailer, MailerConfig};
-use crate::store::{FollowupState, ScheduleRule, Store};
+use crate::jobs::{Clock, RunOptions, TriggerError, schedule_rules};
+use crate::store::FollowupState;
 use std::io::{BufRead, BufReader, IsTerminal};
-use std::sync::Arc;
 
 pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
     let cfg = cli.config.as_deref();
@@ -28,13 +26,20 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
         }
         Command::Import { kind, file } => import(&s, &kind, &file, io).await,
         Command::Worker => {
-            let stop = shutdown_signal();
+            // Installed first, so SIGTERM during start-up is a graceful stop.
+            let stop = crate::app::shutdown_signal();
             let store = open_store(&s).await?;
-            worker(s, store, stop, io).await
+            let worker =
+                crate::app::open_worker(s, store, Clock::System, RunOptions::new(false)).await?;
+            let summary = worker.run(stop).await?;
+            writeln!(
+                io.out,
+                "worker stopped: {} sent, {} skipped, {} failed, {} retried",
+                summary.sent, summary.skipped, summary.failed, summary.retried
+            )?;
+            Ok(())
         }
-        Command::Serve { no_worker } => crate::http::serve(s, !no_worker)
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string())),
+        Command::Serve { no_worker } => Ok(crate::app::serve(s, !no_worker).await?),
         Command::Recommend {
             order,
             campaign,
@@ -216,18 +221,6 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
     }
 }
 
-pub fn schedule_rules(s: &Settings) -> Vec<ScheduleRule> {
-    s.campaigns
-        .iter()
-        .filter(|c| c.enabled)
-        .map(|c| ScheduleRule {
-            campaign: c.name.to_string(),
-            trigger: c.trigger,
-            delay: c.delay,
-        })
-        .collect()
-}
-
 async fn import(s: &Settings, kind: &str, file: &str, io: &mut Io<'_>) -> Result<(), CliError> {
     let kind = Kind::parse(kind).map_err(CliError::Usage)?;
     let csv = file.to_ascii_lowercase().ends_with(".csv");
@@ -303,76 +296,6 @@ async fn import(s: &Settings, kind: &str, file: &str, io: &mut Io<'_>) -> Result
             report.bad.len()
         )))
     }
-}
-
-pub async fn mailer(s: &Settings) -> Result<Arc<Mailer>, CliError> {
-    let cfg = MailerConfig {
-        url: s.smtp.url.clone(),
-        pool_size: s.smtp.pool_size,
-        timeout: s.smtp.timeout,
-        data_timeout: s.smtp.data_timeout,
-        probe_base: s.smtp.probe_base,
-        probe_max: s.smtp.probe_max,
-        username: s.smtp.username.clone(),
-        password: s.smtp.password.as_ref().map(|p| p.expose().to_owned()),
-    };
-    let mut mailer = Mailer::connect(cfg)
-        .await
-        .map_err(|e| CliError::Usage(format!("smtp.url: {e}")))?;
-    if let Some(d) = &s.smtp.dkim {
-        let key = std::fs::read_to_string(&d.key_path).map_err(|e| {
-            CliError::Usage(format!("smtp.dkim_key_path: {}: {e}", d.key_path.display()))
-        })?;
-        let domain = d
-            .domain
-            .clone()
-            .unwrap_or_else(|| s.smtp.from_domain().to_owned());
-        mailer = mailer
-            .with_dkim(&d.selector, &domain, &key)
-            .map_err(|e| CliError::Usage(format!("smtp.dkim_key_path: {e}")))?;
-    }
-    Ok(Arc::new(mailer))
-}
-
-/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
-/// when the future is first polled, so a signal that arrives while the process is still
-/// starting up stops it gracefully instead of killing it.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-async fn worker(
-    s: Settings,
-    store: Store,
-    stop: impl std::future::Future<Output = ()>,
-    io: &mut Io<'_>,
-) -> Result<(), CliError> {
-    let mailer = mailer(&s).await?;
-    let engine = open_engine(s, store, Clock::System).await?;
-    let _watch = crate::jobs::watch_templates(engine.clone(), std::time::Duration::from_secs(2));
-    let worker = Worker::new(engine, mailer, RunOptions::new(false));
-    let summary = worker.run(stop).await?;
-    writeln!(
-        io.out,
-        "worker stopped: {} sent, {} skipped, {} failed, {} retried",
-        summary.sent, summary.skipped, summary.failed, summary.retried
-    )?;
-    Ok(())
 }
 
 fn pick_campaign<'a>(
@@ -589,12 +512,10 @@ async fn campaign(s: Settings, command: CampaignCommand, io: &mut Io<'_>) -> Res
                 .map_err(|why| CliError::Usage(format!("--bought: {why}")))?;
             let store = open_store(&s).await?;
             let engine = open_engine(s, store, Clock::System).await?;
-            let report = crate::campaign::trigger(&engine, &name, bought.as_ref(), since, dry_run)
+            let report = crate::jobs::trigger(&engine, &name, bought.as_ref(), since, dry_run)
                 .await
                 .map_err(|e| match e {
-                    crate::campaign::TriggerError::UnknownCampaign(_) => {
-                        CliError::Usage(e.to_string())
-                    }
+                    TriggerError::UnknownCampaign(_) => CliError::Usage(e.to_string()),
                     other => CliError::Runtime(other.to_string()),
                 })?;
             writeln!(io.out, "{}", report.describe())?;

@@ -4,13 +4,12 @@
 //! with every rule in force. Emails land in the outbox as .eml files. Running it again
 //! imports the same records (nothing changes) and sends nothing twice.
 
-use super::commands::{mailer, schedule_rules};
-use super::setup::{open_engine, open_store};
 use super::{CliError, Io};
+use crate::app::{open_store, open_worker};
 use crate::config::Settings;
 use crate::domain::Timestamp;
 use crate::import::{Kind, import_reader};
-use crate::jobs::{Clock, RunOptions, Worker};
+use crate::jobs::{Clock, RunOptions, schedule_rules};
 
 const SAMPLE: [(Kind, &str); 4] = [
     (Kind::Products, include_str!("../../sample/products.jsonl")),
@@ -52,17 +51,14 @@ pub async fn run(mut s: Settings, io: &mut Io<'_>) -> Result<(), CliError> {
     let first = store.next_wakeup().await?.unwrap_or_else(Timestamp::now);
     let clock = Clock::manual(first);
     let smtp_url = s.smtp.url.clone();
-    let mailer = mailer(&s).await?;
-    let engine = open_engine(s, store.clone(), clock.clone()).await?;
+    let worker = open_worker(s, store.clone(), clock.clone(), RunOptions::new(true)).await?;
     writeln!(
         io.out,
         "running the worker from {} with time compressed…",
         first.rfc3339()
     )?;
     let run_started = std::time::Instant::now();
-    let summary = Worker::new(engine, mailer, RunOptions::new(true))
-        .run(std::future::pending())
-        .await?;
+    let summary = worker.run(std::future::pending()).await?;
     let secs = run_started.elapsed().as_secs_f64();
     let r = store.status(clock.now(), clock.now()).await?;
     writeln!(io.out, "simulated up to {}", clock.now().rfc3339())?;

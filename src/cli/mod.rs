@@ -1,15 +1,12 @@
-//! The command line (SPEC §4): parses arguments, calls the library, reports. Output goes
-//! to the writers it is given; `main` only maps the result to an exit code.
+//! The command line (SPEC §4): parses arguments, calls the library (`app` opens what a
+//! command needs), reports. Output goes to the writers it is given; [`CliError`] says
+//! which exit code a failure deserves and `main` exits with it.
 
-pub(crate) mod commands;
+mod commands;
 mod demo;
-pub(crate) mod setup;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-
-pub use commands::{mailer, schedule_rules, shutdown_signal};
-pub use setup::{load_settings, open_engine, open_store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -210,6 +207,19 @@ impl From<std::io::Error> for CliError {
 impl From<crate::config::ConfigError> for CliError {
     fn from(e: crate::config::ConfigError) -> Self {
         CliError::Usage(e.to_string())
+    }
+}
+
+impl From<crate::app::AppError> for CliError {
+    fn from(e: crate::app::AppError) -> Self {
+        use crate::app::AppError as E;
+        match e {
+            // Bad settings are bad usage (SPEC §2: refused at start, exit 2), a broken
+            // template bad input; the rest happened at run time.
+            E::Config(_) | E::NoConfig | E::Smtp { .. } => CliError::Usage(e.to_string()),
+            E::Templates(_) => CliError::BadInput(e.to_string()),
+            E::Store(_) | E::Http(_) | E::Task(_) => CliError::Runtime(e.to_string()),
+        }
     }
 }
 

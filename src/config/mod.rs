@@ -78,7 +78,7 @@ pub struct DatabaseSettings {
 impl std::fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseSettings")
-            .field("url", &crate::store::redact(&self.url))
+            .field("url", &crate::domain::redact(&self.url))
             .field("max_connections", &self.max_connections)
             .finish()
     }
@@ -121,7 +121,7 @@ pub struct Dkim {
 impl std::fmt::Debug for SmtpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmtpSettings")
-            .field("url", &crate::store::redact(&self.url))
+            .field("url", &crate::domain::redact(&self.url))
             .field("from", &self.from)
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)

@@ -504,7 +504,7 @@ pub(super) fn parse(
             "database.url",
             format!(
                 "{:?} is not sqlite://FILE or postgres://…",
-                crate::store::redact(db)
+                crate::domain::redact(db)
             ),
         ));
     }
@@ -518,7 +518,7 @@ pub(super) fn parse(
             "smtp.url",
             format!(
                 "{:?} is not smtp://host:port, smtps://host:port or file://DIR",
-                crate::store::redact(smtp)
+                crate::domain::redact(smtp)
             ),
         ));
     }

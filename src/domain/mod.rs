@@ -16,6 +16,7 @@ pub(crate) use records::kind as json_kind;
 pub use records::{
     CategoryPath, Customer, Event, EventKind, FieldError, Order, OrderItem, OrderStatus, Product,
 };
+pub use text::redact;
 pub use text::{MAX_LOCALE_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS};
 pub use time::{Timestamp, parse_duration, parse_rfc3339};
 

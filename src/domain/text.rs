@@ -44,6 +44,17 @@ pub fn check_text(s: &str, max: usize, tab: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The URL without its password, for messages and logs (`postgres://u:***@host/db`).
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,9 @@
 //! client that gets a 422 can fix the named record and resend the whole batch.
 
 use super::{ApiError, AppState};
-use crate::campaign::{TriggerError, trigger, trigger_with_id};
 use crate::domain::{ProductId, parse_duration};
 use crate::import::{Batch, Kind, ParseContext};
+use crate::jobs::{TriggerError, trigger, trigger_with_id};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

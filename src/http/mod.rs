@@ -3,8 +3,10 @@
 //! the content team's preview pages, `/healthz` and `/metrics`.
 //!
 //! Handlers stay thin: they parse the request, call the same library code the CLI uses
-//! (`import::Batch`, `campaign::trigger`, `Engine::preview`, the store) and turn the
-//! outcome into a status code. `docs/api.md` is the user-facing reference.
+//! (`import::Batch`, `jobs::trigger`, `Engine::preview`, the store) and turn the
+//! outcome into a status code. `docs/api.md` is the user-facing reference. This module
+//! is started by `app` (`aftercart serve`) with a ready [`Engine`]; it knows nothing of
+//! the command line or of how the process is put together.
 //!
 //! The server survives slow and hostile clients: connection limits and read timeouts
 //! in `serve`, body limits and deadlines in `limits` (every route that reads a body has
@@ -18,8 +20,7 @@ mod pages;
 mod serve;
 mod shopify;
 
-use crate::config::Settings;
-use crate::jobs::{Clock, Engine, RunOptions, Worker};
+use crate::jobs::Engine;
 use crate::store::ScheduleRule;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -29,14 +30,10 @@ use axum::routing::{get, post};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// Opening the store, templates or mailer failed (the message says which).
-    #[error("{0}")]
-    Setup(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -44,8 +41,6 @@ pub enum HttpError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
-    #[error("worker failed: {0}")]
-    Worker(#[from] crate::store::StoreError),
 }
 
 /// What every handler shares. Cheap to clone (everything inside is shared).
@@ -58,7 +53,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Engine) -> AppState {
-        let rules = crate::cli::commands::schedule_rules(&engine.settings).into();
+        let rules = crate::jobs::schedule_rules(&engine.settings).into();
         AppState { engine, rules }
     }
 }
@@ -139,88 +134,20 @@ pub fn start_on(
     Ok((addr, handle))
 }
 
+/// Listens on `addr` (e.g. "127.0.0.1:8080", or port 0 for any free one).
+pub async fn bind(addr: &str) -> Result<TcpListener, HttpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
 /// Binds `bind` (e.g. "127.0.0.1:0") and starts the server without a worker; it runs
 /// until the returned task is aborted.
 pub async fn start(engine: Engine, bind: &str) -> Result<Running, HttpError> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: bind.to_owned(),
-            source,
-        })?;
-    start_on(engine, listener, std::future::pending())
-}
-
-/// `aftercart serve`: the API on `http.bind`, the worker in the same process unless
-/// `with_worker` is false, template hot reload, and a graceful stop on SIGINT/SIGTERM.
-pub async fn serve(s: Settings, with_worker: bool) -> Result<(), HttpError> {
-    use crate::cli::setup::{open_engine, open_store};
-    let setup = |e: crate::cli::CliError| HttpError::Setup(e.to_string());
-    // Installed first, so SIGTERM during start-up is a graceful stop.
-    let stop = crate::cli::commands::shutdown_signal();
-    let bind = s.http.bind.clone();
-    if s.http.api_token.is_none() {
-        tracing::warn!("AFTERCART__HTTP__API_TOKEN is not set: /v1 and /preview answer 401");
-    }
-    let mailer = if with_worker {
-        Some(crate::cli::commands::mailer(&s).await.map_err(setup)?)
-    } else {
-        None
-    };
-    let store = open_store(&s).await.map_err(setup)?;
-    let engine = open_engine(s, store, Clock::System).await.map_err(setup)?;
-    let _watch = crate::jobs::watch_templates(engine.clone(), std::time::Duration::from_secs(2));
-
-    // One signal, many listeners: the server and the worker stop together.
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        stop.await;
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-    });
-
-    let listener = TcpListener::bind(&bind)
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: bind.clone(),
-            source,
-        })?;
-    let stop = {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let (addr, server) = start_on(engine.clone(), listener, stop)?;
-    tracing::info!(%addr, worker = with_worker, "listening");
-
-    let worker = mailer.map(|mailer| {
-        let mut rx = rx.clone();
-        let w = Worker::new(engine.clone(), mailer, RunOptions::new(false));
-        tokio::spawn(async move {
-            w.run(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-        })
-    });
-
-    let served = server
-        .await
-        .map_err(|e| HttpError::Serve(std::io::Error::other(e)))?;
-    if let Some(w) = worker {
-        let summary = w
-            .await
-            .map_err(|e| HttpError::Setup(format!("worker task: {e}")))??;
-        tracing::info!(
-            sent = summary.sent,
-            skipped = summary.skipped,
-            failed = summary.failed,
-            "worker stopped"
-        );
-    }
-    engine.store.close().await;
-    served
+    start_on(engine, self::bind(bind).await?, std::future::pending())
 }
 
 /// A JSON error: `{"error": "...", ...extra fields}` with a status.

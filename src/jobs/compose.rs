@@ -180,10 +180,7 @@ impl Engine {
         history: Option<&History>,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
-        let Some(campaign) = self
-            .settings
-            .campaign(crate::campaign::base_name(campaign_name))
-        else {
+        let Some(campaign) = self.settings.campaign(super::base_name(campaign_name)) else {
             return Ok(Decision::Skip("campaign_removed"));
         };
         if !campaign.enabled {

@@ -555,7 +555,7 @@ fn spawn_model_rebuilds(e: Engine) -> tokio::task::JoinHandle<()> {
 async fn wait_for_send_slot(e: &Engine) {
     let smtp = &e.settings.smtp;
     let interval_ms = (1000 / i64::from(smtp.rate_limit)).max(1);
-    let server = crate::store::redact(&smtp.url);
+    let server = crate::domain::redact(&smtp.url);
     match e
         .store
         .reserve_send_slot(&server, interval_ms, Timestamp::now())

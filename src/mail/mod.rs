@@ -20,7 +20,6 @@
 
 pub mod relay;
 mod reply;
-pub mod sink;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -243,7 +242,7 @@ pub struct MailerConfig {
 impl std::fmt::Debug for MailerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MailerConfig")
-            .field("url", &crate::store::redact(&self.url))
+            .field("url", &crate::domain::redact(&self.url))
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish_non_exhaustive()

@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::sink::{Fault, FaultPlan, SessionFaults, SmtpSink};
 use super::*;
+use aftercart_testkit::sink::{Fault, FaultPlan, SessionFaults, SmtpSink};
 
 fn email(id: &str) -> OutgoingEmail {
     OutgoingEmail {

@@ -263,16 +263,9 @@ fn private_sqlite_files(path: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
+/// Kept here for the store's own messages; it lives in `domain` so that `config` and
+/// `mail` need not know the store.
+pub use crate::domain::redact;
 
 /// Chunks for multi-row writes: big enough to amortise a transaction, small enough to
 /// keep a writer's lock short.

@@ -122,7 +122,7 @@ pub async fn store(s: &Settings) -> Store {
 }
 
 pub async fn engine(s: Settings, store: Store, clock: Clock) -> Engine {
-    aftercart::cli::open_engine(s, store, clock)
+    aftercart::app::open_engine(s, store, clock)
         .await
         .expect("engine")
 }
@@ -137,7 +137,7 @@ pub async fn import(
     let kind = aftercart::import::Kind::parse(kind).unwrap();
     let f = std::io::BufReader::new(std::fs::File::open(path).expect("open fixture"));
     let csv = path.extension().is_some_and(|e| e == "csv");
-    let rules = aftercart::cli::schedule_rules(s);
+    let rules = aftercart::jobs::schedule_rules(s);
     aftercart::import::import_reader(
         store,
         kind,
@@ -301,7 +301,7 @@ pub async fn run_until_idle(
     clock: Clock,
 ) -> aftercart::jobs::RunSummary {
     let engine = engine(s.clone(), store.clone(), clock).await;
-    let mailer = aftercart::cli::mailer(s).await.unwrap();
+    let mailer = aftercart::app::mailer(s).await.unwrap();
     aftercart::jobs::Worker::new(engine, mailer, aftercart::jobs::RunOptions::new(true))
         .run(std::future::pending())
         .await

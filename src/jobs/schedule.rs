@@ -1,18 +1,36 @@
-//! Marketing's one-off sends: a segment of customers (buyers of a product within a
-//! window, or all consenting customers), one follow-up each, keyed so that repeating
-//! the same trigger sends nothing twice.
+//! What gets scheduled, besides the worker's own retries: the campaign rules that give
+//! an imported order its follow-ups ([`schedule_rules`]), and marketing's one-off sends
+//! ([`trigger`]): a segment of customers (buyers of a product within a window, or all
+//! consenting customers), one follow-up each, keyed so that repeating the same trigger
+//! sends nothing twice. Both faces (`cli`, `http`) call these; the dry run asks the
+//! same rules the worker applies ([`Engine::decide`]).
 //!
 //! The key is the trigger id (campaign, product, window and UTC day, or an explicit id
 //! from the API) stored with the campaign name as `NAME#TRIGGER_ID` beside the
 //! customer's latest order: the ledger's unique (order, campaign) then means "once per
 //! (trigger, customer)".
 
+use super::{Decision, Engine};
+use crate::config::Settings;
 use crate::domain::{ProductId, Timestamp};
-use crate::jobs::{Decision, Engine};
-use crate::store::StoreError;
+use crate::store::{ScheduleRule, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// The enabled campaigns' rules for scheduling an order's follow-ups (import, API,
+/// webhook).
+pub fn schedule_rules(s: &Settings) -> Vec<ScheduleRule> {
+    s.campaigns
+        .iter()
+        .filter(|c| c.enabled)
+        .map(|c| ScheduleRule {
+            campaign: c.name.to_string(),
+            trigger: c.trigger,
+            delay: c.delay,
+        })
+        .collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
