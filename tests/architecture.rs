@@ -22,6 +22,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("files", &[]),
     ("config", &["domain"]),
     ("unsubscribe", &["domain"]),
+    // Measuring: tracked links, holdout, attribution and the report (pure).
+    ("measure", &["domain", "unsubscribe"]),
     // The parts `jobs` calls; none knows jobs, the faces, or (but the store) the store.
     ("store", &["domain", "files"]),
     ("recommend", &["domain"]),

@@ -277,7 +277,7 @@ pub struct Campaign {
     pub enabled: bool,
     pub cap_policy: CapPolicy,
     /// The share of customers kept out as the control group (0 = none).
-    pub holdout_share: crate::measure::HoldoutShare,
+    pub holdout_share: crate::domain::HoldoutShare,
 }
 
 impl Settings {

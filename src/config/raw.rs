@@ -6,8 +6,7 @@ use super::{
     QuietHours, Secret, Settings, ShopifySettings, SmtpSettings, StoreSettings,
     UnsubscribeSettings, WorkerSettings,
 };
-use crate::domain::{CampaignName, Strategy, Trigger, parse_duration, parse_rfc3339};
-use crate::measure::HoldoutShare;
+use crate::domain::{CampaignName, HoldoutShare, Strategy, Trigger, parse_duration, parse_rfc3339};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;

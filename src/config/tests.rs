@@ -440,7 +440,7 @@ fn attribution_and_holdout_have_defaults_and_are_checked() {
         for c in &s.campaigns {
             assert_eq!(
                 c.holdout_share,
-                crate::measure::HoldoutShare::DEFAULT,
+                crate::domain::HoldoutShare::DEFAULT,
                 "{}",
                 c.name
             );

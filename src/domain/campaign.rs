@@ -32,3 +32,32 @@ impl Strategy {
         }
     }
 }
+
+/// The share of a campaign's customers held out, 0 (off) to 1 (everybody).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct HoldoutShare(f64);
+
+impl HoldoutShare {
+    /// What a campaign gets without `holdout_share`: one customer in ten.
+    pub const DEFAULT: HoldoutShare = HoldoutShare(0.1);
+    pub const OFF: HoldoutShare = HoldoutShare(0.0);
+
+    /// Accepts a number from 0 to 1.
+    pub fn parse(share: f64) -> Result<HoldoutShare, String> {
+        if (0.0..=1.0).contains(&share) {
+            Ok(HoldoutShare(share))
+        } else {
+            Err(format!(
+                "{share} is not a share from 0 to 1 (0.1 = one customer in ten, 0 = no holdout)"
+            ))
+        }
+    }
+
+    pub fn value(self) -> f64 {
+        self.0
+    }
+
+    pub fn is_off(self) -> bool {
+        self.0 == 0.0
+    }
+}

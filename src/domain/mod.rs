@@ -9,7 +9,7 @@ mod records;
 mod text;
 mod time;
 
-pub use campaign::{Strategy, Trigger};
+pub use campaign::{HoldoutShare, Strategy, Trigger};
 pub use ids::{CampaignName, CustomerId, EmailAddress, OrderId, ProductId};
 pub use money::Money;
 pub(crate) use records::kind as json_kind;

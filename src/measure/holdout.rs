@@ -3,37 +3,8 @@
 //! function of (customer id, campaign name), the same on every run, machine and
 //! database, so no assignment needs storing and a customer stays on one side.
 
-use crate::domain::{CampaignName, CustomerId};
+use crate::domain::{CampaignName, CustomerId, HoldoutShare};
 use sha2::{Digest, Sha256};
-
-/// The share of a campaign's customers held out, 0 (off) to 1 (everybody).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub struct HoldoutShare(f64);
-
-impl HoldoutShare {
-    /// What a campaign gets without `holdout_share`: one customer in ten.
-    pub const DEFAULT: HoldoutShare = HoldoutShare(0.1);
-    pub const OFF: HoldoutShare = HoldoutShare(0.0);
-
-    /// Accepts a number from 0 to 1.
-    pub fn parse(share: f64) -> Result<HoldoutShare, String> {
-        if (0.0..=1.0).contains(&share) {
-            Ok(HoldoutShare(share))
-        } else {
-            Err(format!(
-                "{share} is not a share from 0 to 1 (0.1 = one customer in ten, 0 = no holdout)"
-            ))
-        }
-    }
-
-    pub fn value(self) -> f64 {
-        self.0
-    }
-
-    pub fn is_off(self) -> bool {
-        self.0 == 0.0
-    }
-}
 
 /// Where the customer falls in the campaign's range of 2^64 buckets: the first 8 bytes
 /// (big-endian) of SHA-256 of a fixed label, the customer id and the campaign name,
@@ -56,7 +27,7 @@ pub fn bucket(customer: &CustomerId, campaign: &CampaignName) -> u64 {
 /// everywhere; 0 holds out nobody and 1 everybody.
 pub fn in_holdout(customer: &CustomerId, campaign: &CampaignName, share: HoldoutShare) -> bool {
     const TWO_64: f64 = 18_446_744_073_709_551_616.0;
-    let threshold = (share.0 * TWO_64) as u128;
+    let threshold = (share.value() * TWO_64) as u128;
     u128::from(bucket(customer, campaign)) < threshold
 }
 

@@ -14,6 +14,7 @@ pub mod report;
 mod stats;
 pub mod token;
 
-pub use holdout::{HoldoutShare, in_holdout};
+pub use crate::domain::HoldoutShare;
+pub use holdout::in_holdout;
 pub use input::{ClickFact, FollowupFact, OrderFact, Outcome, ReportInput, UnsubscribeFact};
 pub use report::{Report, ReportParams, build as build_report};
