@@ -10,6 +10,8 @@ fn main() {
                 .unwrap_or_else(|_| "warn,aftercart=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

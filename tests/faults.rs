@@ -52,11 +52,16 @@ type Attempts = Arc<Mutex<HashMap<String, usize>>>;
 fn assert_sent_once_after(sink: &SmtpSink, rows: &[FollowupRow], attempts: i64) -> usize {
     let received = sink.message_ids();
     let distinct: HashSet<&String> = received.iter().collect();
-    assert_eq!(
-        distinct.len(),
-        received.len(),
-        "a Message-ID was accepted twice"
-    );
+    if distinct.len() != received.len() {
+        let mut seen = HashSet::new();
+        let twice: Vec<&String> = received.iter().filter(|id| !seen.insert(*id)).collect();
+        let rows_of: Vec<&FollowupRow> = rows
+            .iter()
+            .filter(|r| r.message_id.as_ref().is_some_and(|m| twice.contains(&m)))
+            .collect();
+        let tries: Vec<usize> = twice.iter().map(|id| sink.attempts(id)).collect();
+        panic!("a Message-ID was accepted twice: {twice:?}, attempts {tries:?}, rows {rows_of:?}");
+    }
     let sent: Vec<&FollowupRow> = rows.iter().filter(|r| r.state == "sent").collect();
     assert_eq!(
         sent.len(),

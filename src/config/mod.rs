@@ -169,6 +169,11 @@ pub struct WorkerSettings {
     pub lease: Duration,
     pub shutdown_timeout: Duration,
     pub model_rebuild_interval: Duration,
+    /// How often the maintenance job (worker registry sweep, retention) runs.
+    pub maintenance_interval: Duration,
+    /// Ended follow-ups older than this are compacted (their (order, campaign) key and
+    /// state stay, so nothing is ever sent twice).
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -97,6 +97,8 @@ struct RawWorker {
     lease: String,
     shutdown_timeout: String,
     model_rebuild_interval: String,
+    maintenance_interval: String,
+    retention: String,
 }
 
 impl Default for RawWorker {
@@ -108,6 +110,8 @@ impl Default for RawWorker {
             lease: "5m".into(),
             shutdown_timeout: "30s".into(),
             model_rebuild_interval: "1h".into(),
+            maintenance_interval: "1h".into(),
+            retention: "400d".into(),
         }
     }
 }
@@ -702,6 +706,11 @@ pub(super) fn parse(
                 "worker.model_rebuild_interval",
                 &raw.worker.model_rebuild_interval,
             )?,
+            maintenance_interval: d(
+                "worker.maintenance_interval",
+                &raw.worker.maintenance_interval,
+            )?,
+            retention: d("worker.retention", &raw.worker.retention)?,
         },
         http: HttpSettings {
             bind: raw.http.bind,

@@ -5,6 +5,7 @@
 
 pub mod clock;
 mod compose;
+pub mod periodic;
 pub mod policy;
 mod schedule;
 mod worker;

@@ -147,7 +147,10 @@ impl Worker {
                 }
             })
         };
-        let rebuild = spawn_model_rebuilds(e.clone());
+        let (stop_periodic, periodic_stopped) = oneshot::channel::<()>();
+        let periodic = super::periodic::spawn(e.clone(), owner.clone(), async move {
+            let _ = periodic_stopped.await;
+        });
         let held_rows: Held = Arc::default();
         let renewals = spawn_lease_renewals(e.clone(), owner.clone(), Arc::clone(&held_rows));
         let mut relay_report = RelayReport::default();
@@ -313,7 +316,8 @@ impl Worker {
         drop(ledger_tx);
         let _ = writer.await;
         heartbeat.abort();
-        rebuild.abort();
+        let _ = stop_periodic.send(());
+        let _ = periodic.await;
         renewals.abort();
         let handed_back = e.store.release(&owner, e.clock.now()).await?;
         if handed_back > 0 {
@@ -526,27 +530,6 @@ async fn ledger_writer(e: Engine, owner: String, mut rx: mpsc::Receiver<(i64, Fi
             let _ = ack.send(result.clone());
         }
     }
-}
-
-/// Rebuilds the recommendation model every `worker.model_rebuild_interval` and swaps it
-/// in; picks keep using the old one meanwhile.
-fn spawn_model_rebuilds(e: Engine) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let every = e.settings.worker.model_rebuild_interval;
-        if every.is_zero() {
-            return;
-        }
-        loop {
-            tokio::time::sleep(every).await;
-            match super::compose::load_model(&e.store).await {
-                Ok(m) => {
-                    e.swap_model(m);
-                    info!("recommendation model rebuilt");
-                }
-                Err(err) => warn!(error = %err, "model rebuild failed; keeping the current one"),
-            }
-        }
-    })
 }
 
 /// Waits for this message's slot under `smtp.rate_limit` (messages per second for the

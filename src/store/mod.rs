@@ -5,6 +5,7 @@
 
 mod catalog;
 mod ledger;
+mod maintenance;
 mod ops;
 
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
