@@ -7,6 +7,7 @@ pub mod clock;
 mod compose;
 pub mod periodic;
 pub mod policy;
+mod runtime;
 mod schedule;
 mod worker;
 

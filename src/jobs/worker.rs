@@ -21,11 +21,11 @@ use crate::mail::{Mailer, SendError};
 use crate::store::{
     Claimed, Finish, FollowupState, History, OrderContext, RelayPause, Store, StoreError,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ struct Counters {
 }
 
 /// Rows this worker holds (claimed, outcome not yet committed): their leases are renewed.
-type Held = Arc<Mutex<HashSet<i64>>>;
+pub(super) type Held = Arc<Mutex<HashSet<i64>>>;
 
 /// Prefix of the reply recorded when the outcome of a send is unknown.
 const UNKNOWN: &str = "unknown:";
@@ -106,8 +106,10 @@ impl Worker {
     }
 
     /// Runs until `shutdown` resolves (or, with `until_idle`, until nothing is left).
-    /// On shutdown it stops claiming, lets in-flight jobs finish within
-    /// `worker.shutdown_timeout`, and hands back whatever it still holds.
+    /// The sends run on apalis (see [`super::runtime`]): an apalis worker over the
+    /// ledger, run by an apalis `Monitor`. On shutdown it stops claiming, lets in-flight
+    /// jobs finish within `worker.shutdown_timeout`, and hands back whatever it still
+    /// holds.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -153,167 +155,29 @@ impl Worker {
         });
         let held_rows: Held = Arc::default();
         let renewals = spawn_lease_renewals(e.clone(), owner.clone(), Arc::clone(&held_rows));
-        let mut relay_report = RelayReport::default();
 
-        let permits = Arc::new(Semaphore::new(s.concurrency));
-        let mut tasks = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        let mut stopping = false;
-        loop {
-            while tasks.try_join_next().is_some() {}
-            // While the relay is paused nothing is claimed (claiming only to hand back
-            // would churn the ledger), except one follow-up as the probe once it is due
-            // and everything in hand has come back.
-            let relay = self.mailer.relay_state();
-            relay_report.update(&e.store, &owner, &relay).await;
-            let mut want = s.batch_size.min(s.concurrency);
-            if let RelayState::Paused {
-                next_probe_in,
-                probing,
-                ..
-            } = &relay
-            {
-                if !tasks.is_empty() || *probing || !next_probe_in.is_zero() {
-                    let wait = if tasks.is_empty() && !*probing {
-                        *next_probe_in
-                    } else {
-                        s.poll_interval
-                    };
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                        _ = &mut shutdown => { stopping = true; break; }
-                    }
-                    continue;
-                }
-                want = 1;
-            }
-            // Claim only as many rows as there are free permits, so nothing claimed
-            // waits long and in-flight work stays bounded.
-            let first = tokio::select! {
-                p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore open"),
-                _ = &mut shutdown => { stopping = true; break; }
-            };
-            let mut held = vec![first];
-            for round in 0..2 {
-                while held.len() < want {
-                    match Arc::clone(&permits).try_acquire_owned() {
-                        Ok(p) => held.push(p),
-                        Err(_) => break,
-                    }
-                }
-                // Under load permits come back one by one; a moment's wait keeps
-                // batches (and their shared reads) large.
-                if round == 0 && held.len() < want / 2 && !tasks.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            let now = e.clock.now();
-            let claimed = match e
-                .store
-                .claim_due(&owner, now, now.plus(s.lease), held.len())
-                .await
-            {
-                Ok(c) => c,
-                Err(err) => {
-                    warn!(error = %err, "claim failed; retrying");
-                    drop(held);
-                    tokio::select! {
-                        _ = tokio::time::sleep(s.poll_interval.max(Duration::from_millis(200))) => continue,
-                        _ = &mut shutdown => { stopping = true; break; }
-                    }
-                }
-            };
-            if claimed.is_empty() {
-                drop(held);
-                if self.opts.until_idle
-                    && permits.available_permits() == s.concurrency
-                    && tasks.is_empty()
-                {
-                    match e.store.next_wakeup().await? {
-                        None => break,
-                        Some(t) if e.clock.is_manual() => {
-                            e.clock.advance_to(t);
-                            continue;
-                        }
-                        Some(_) => {}
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(s.poll_interval) => {}
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                    _ = &mut shutdown => { stopping = true; break; }
-                }
-                continue;
-            }
-            held.truncate(claimed.len());
-            lock(&held_rows).extend(claimed.iter().map(|c| c.id));
-            // One read for the whole batch; a failed read hands the rows back soon.
-            let ids: Vec<&str> = claimed.iter().map(|c| c.order_id.as_str()).collect();
-            let mut loaded = match e.load(&ids, now).await {
-                Ok(l) => Some(l),
-                Err(err) => {
-                    warn!(error = %err, "could not read the batch; retrying later");
-                    None
-                }
-            };
-            // One task per customer, in order: the weekly cap and the repeat rule see
-            // each send of the batch before deciding the next.
-            let mut by_customer: BTreeMap<
-                String,
-                Vec<(Claimed, tokio::sync::OwnedSemaphorePermit)>,
-            > = BTreeMap::new();
-            for (c, p) in claimed.into_iter().zip(held) {
-                by_customer
-                    .entry(c.customer_id.clone())
-                    .or_default()
-                    .push((c, p));
-            }
-            for (customer, rows) in by_customer {
-                let (engine, mailer, tx, counters, held_rows) = (
-                    e.clone(),
-                    Arc::clone(&self.mailer),
-                    ledger_tx.clone(),
-                    Arc::clone(&counters),
-                    Arc::clone(&held_rows),
-                );
-                let batch = loaded.as_mut().map(|l| {
-                    let history = l.histories.remove(&customer);
-                    let orders: Vec<Option<OrderContext>> = rows
-                        .iter()
-                        .map(|(c, _)| l.orders.get(&c.order_id).cloned())
-                        .collect();
-                    (history, orders)
-                });
-                tasks.spawn(async move {
-                    let (mut history, orders) = match batch {
-                        Some((h, o)) => (h, o.into_iter().map(Some).collect()),
-                        None => (None, rows.iter().map(|_| None).collect::<Vec<_>>()),
-                    };
-                    for ((c, permit), ctx) in rows.into_iter().zip(orders) {
-                        let span = info_span!("followup", id = c.id, order_id = %c.order_id, campaign = %c.campaign, attempt = c.attempts);
-                        let id = c.id;
-                        process(&engine, &mailer, &tx, &counters, c, ctx, &mut history).instrument(span).await;
-                        lock(&held_rows).remove(&id);
-                        drop(permit);
-                    }
-                });
-            }
-        }
-
+        let runtime = super::runtime::Runtime::new(
+            super::runtime::Claimer::new(
+                e.clone(),
+                Arc::clone(&self.mailer),
+                owner.clone(),
+                self.opts.until_idle,
+                Arc::clone(&held_rows),
+            ),
+            Handler {
+                engine: e.clone(),
+                mailer: Arc::clone(&self.mailer),
+                tx: ledger_tx,
+                counters: Arc::clone(&counters),
+                held_rows: Arc::clone(&held_rows),
+            },
+        );
+        let stopping = runtime.run(shutdown).await;
         if stopping {
-            info!(worker = %owner, in_flight = tasks.len(), "stopping: finishing jobs in flight");
+            info!(worker = %owner, "stopped: jobs in flight finished or handed back");
         }
-        let drained = tokio::time::timeout(s.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            warn!("shutdown timeout: handing back unfinished jobs");
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-        }
-        drop(ledger_tx);
+
+        // Every handler task has ended; the last sender of outcomes goes with the runtime.
         let _ = writer.await;
         heartbeat.abort();
         let _ = stop_periodic.send(());
@@ -333,6 +197,50 @@ impl Worker {
             deferred: c.deferred.load(Ordering::Relaxed),
             held_back: c.held_back.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// What a job (one customer's rows of a claimed batch) needs to run.
+#[derive(Clone)]
+pub(crate) struct Handler {
+    engine: Engine,
+    mailer: Arc<Mailer>,
+    tx: mpsc::Sender<(i64, Finish, Ack)>,
+    counters: Arc<Counters>,
+    held_rows: Held,
+}
+
+impl Handler {
+    /// The customer's rows in order: the weekly cap and the repeat rule see each send
+    /// before deciding the next. Each row's permit is released once its outcome is
+    /// committed.
+    pub(crate) async fn run(&self, group: super::runtime::Group) {
+        let super::runtime::Group {
+            rows,
+            mut history,
+            orders,
+        } = group;
+        let orders: Vec<Option<Option<OrderContext>>> = match orders {
+            Some(o) => o.into_iter().map(Some).collect(),
+            None => rows.iter().map(|_| None).collect(),
+        };
+        for ((c, permit), ctx) in rows.into_iter().zip(orders) {
+            let span = info_span!("followup", id = c.id, order_id = %c.order_id, campaign = %c.campaign, attempt = c.attempts);
+            let id = c.id;
+            process(
+                &self.engine,
+                &self.mailer,
+                &self.tx,
+                &self.counters,
+                c,
+                ctx,
+                &mut history,
+            )
+            .instrument(span)
+            .await;
+            lock(&self.held_rows).remove(&id);
+            drop(permit);
+        }
     }
 }
 
@@ -559,7 +467,7 @@ async fn wait_for_send_slot(e: &Engine) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -585,13 +493,13 @@ fn spawn_lease_renewals(e: Engine, owner: String, held: Held) -> tokio::task::Jo
 
 /// Keeps the worker's registry row in step with the relay's state, for `status`.
 #[derive(Default)]
-struct RelayReport {
+pub(super) struct RelayReport {
     /// What was last written: (reason, failed probes), None = up.
     written: Option<(String, u32)>,
 }
 
 impl RelayReport {
-    async fn update(&mut self, store: &Store, owner: &str, relay: &RelayState) {
+    pub(super) async fn update(&mut self, store: &Store, owner: &str, relay: &RelayState) {
         let now = match relay {
             RelayState::Up => None,
             RelayState::Paused {
