@@ -6,11 +6,13 @@
 pub mod clock;
 mod compose;
 pub mod policy;
+mod report;
 mod schedule;
 mod worker;
 
 pub use clock::Clock;
 pub use compose::{Decision, Engine, Loaded, Prepared, load_model, message_id, watch_templates};
+pub use report::{DEFAULT_SINCE as DEFAULT_REPORT_SINCE, ReportError};
 pub use schedule::{
     SampleEmail, TriggerError, TriggerReport, base_name, schedule_rules, trigger, trigger_id,
     trigger_with_id,
