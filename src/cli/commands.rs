@@ -429,9 +429,8 @@ async fn report(
             crate::jobs::ReportError::Store(e) => e.into(),
         })?;
     if let Some(path) = html {
-        std::fs::write(path, crate::measure::html::render(&r, &s.store.name)).map_err(|e| {
-            CliError::Runtime(format!("cannot write {}: {e}", path.display()))
-        })?;
+        std::fs::write(path, crate::measure::html::render(&r, &s.store.name))
+            .map_err(|e| CliError::Runtime(format!("cannot write {}: {e}", path.display())))?;
     }
     if json {
         let doc = serde_json::to_string(&r).map_err(|e| CliError::Runtime(e.to_string()))?;

@@ -177,7 +177,9 @@ async fn simulate_clicks(
             continue;
         };
         if draw(f.id, "order") < SIMULATED_ORDERS_PER_MILLE {
-            let placed = at.plus(std::time::Duration::from_secs(86_400)).min(now.plus(s.attribution.click_window));
+            let placed = at
+                .plus(std::time::Duration::from_secs(86_400))
+                .min(now.plus(s.attribution.click_window));
             lines.push(serde_json::json!({
                 "id": format!("SIM-{}", f.id), "customer_id": f.customer_id, "status": "completed",
                 "created_at": placed.rfc3339(), "completed_at": placed.rfc3339(),
@@ -188,8 +190,16 @@ async fn simulate_clicks(
     }
     let text = lines.join("\n");
     // No rules: a simulated order schedules no follow-up.
-    let report = import_reader(store, Kind::Orders, text.as_bytes(), false, &[], now, |_| {})
-        .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let report = import_reader(
+        store,
+        Kind::Orders,
+        text.as_bytes(),
+        false,
+        &[],
+        now,
+        |_| {},
+    )
+    .await
+    .map_err(|e| CliError::Runtime(e.to_string()))?;
     Ok((clicks, report.stored as u64))
 }

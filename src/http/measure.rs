@@ -46,7 +46,10 @@ fn not_found() -> Response {
 
 fn no_store(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     h.insert(
         header::REFERRER_POLICY,
         header::HeaderValue::from_static("no-referrer"),
@@ -57,7 +60,11 @@ fn no_store(mut r: Response) -> Response {
 /// Where a product without a usable absolute URL is shown: the store's product path.
 fn product_page(base_url: &str, product: &ProductId) -> String {
     let id: String = url::form_urlencoded::byte_serialize(product.as_str().as_bytes()).collect();
-    format!("{}/products/{}", base_url.trim_end_matches('/'), id.replace('+', "%20"))
+    format!(
+        "{}/products/{}",
+        base_url.trim_end_matches('/'),
+        id.replace('+', "%20")
+    )
 }
 
 /// `GET`/`HEAD /r/{token}`: records the hit and answers 303 to the product.
@@ -87,7 +94,9 @@ pub(crate) async fn link(
         source: &src,
     };
     match e.store.record_hit(&hit).await {
-        Ok(kind) => tracing::debug!(followup = id, product = %product, kind = kind.as_str(), "link hit"),
+        Ok(kind) => {
+            tracing::debug!(followup = id, product = %product, kind = kind.as_str(), "link hit")
+        }
         Err(err) => tracing::error!(error = %err, followup = id, "could not record a click"),
     }
     let base = &e.settings.store.base_url;
@@ -118,9 +127,9 @@ pub(crate) async fn link(
 
 /// The transparent 1×1 GIF the open pixel answers with.
 const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
-    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// `GET /o/{token}`: the open pixel, only when `attribution.open_pixel` is on (else 404).

@@ -102,12 +102,13 @@ pub(crate) async fn metrics(
     );
     // Tracked links (docs/marketing.md): every hit by how it was classified, and the
     // orders the clicks earned.
-    let hits = s.engine.store.hit_counts().await.map_err(ApiError::internal)?;
-    let count = |kind: &str| {
-        hits.iter()
-            .find(|(k, _)| k == kind)
-            .map_or(0, |(_, n)| *n)
-    };
+    let hits = s
+        .engine
+        .store
+        .hit_counts()
+        .await
+        .map_err(ApiError::internal)?;
+    let count = |kind: &str| hits.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
     write_family(
         &mut out,
         "aftercart_clicks_total",

@@ -5,9 +5,9 @@ use super::Clock;
 use super::policy::{cap_frees_at, quiet_until};
 use crate::config::{Campaign, CapPolicy, Settings};
 use crate::domain::{Customer, ProductId};
-use crate::measure::token::{self, LinkKeys};
 use crate::domain::{Order, Timestamp};
 use crate::mail::OutgoingEmail;
+use crate::measure::token::{self, LinkKeys};
 use crate::recommend::{Exclusions, Model, ModelBuilder, ModelConfig, Pick, PickRequest};
 use crate::render::{
     CampaignInfo, CustomerInfo, EmailContext, LiveTemplates, OrderInfo, OrderLine, PickedItem,

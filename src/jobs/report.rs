@@ -4,9 +4,9 @@
 //! worked out here, at report time, from the clicks.
 
 use super::Engine;
+use crate::config::Settings;
 use crate::domain::{CampaignName, Timestamp};
 use crate::measure::{Report, ReportParams, build_report};
-use crate::config::Settings;
 use crate::store::{Store, StoreError};
 use std::time::Duration;
 

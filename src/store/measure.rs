@@ -70,7 +70,8 @@ impl Store {
         followup_id: i64,
         product: Option<&ProductId>,
     ) -> Result<Option<LinkTarget>> {
-        let sql = "SELECT f.campaign, f.sent_at, (SELECT p.url FROM products p WHERE p.id = $2) AS url
+        let sql =
+            "SELECT f.campaign, f.sent_at, (SELECT p.url FROM products p WHERE p.id = $2) AS url
                    FROM followups f WHERE f.id = $1";
         let pid = product.map(ProductId::as_str).unwrap_or("");
         with_db!(&self.db, p => {
@@ -95,7 +96,8 @@ impl Store {
             Some(p) => (Target::Link, p.as_str(), HitKind::Click),
             None => (Target::Pixel, "", HitKind::Open),
         };
-        let last_sql = "SELECT MAX(at) FROM clicks WHERE followup_id = $1 AND product_id = $2 AND kind = $3";
+        let last_sql =
+            "SELECT MAX(at) FROM clicks WHERE followup_id = $1 AND product_id = $2 AND kind = $3";
         let insert = "INSERT INTO clicks (followup_id, product_id, at, kind, source) VALUES ($1, $2, $3, $4, $5)";
         let _turn = self.write_turn().await;
         match &self.db {
@@ -107,7 +109,8 @@ impl Store {
                     .bind(counted.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
-                let kind = token::classify(target, hit.method, hit.at, hit.sent_at, last.map(Timestamp));
+                let kind =
+                    token::classify(target, hit.method, hit.at, hit.sent_at, last.map(Timestamp));
                 sqlx::query(insert)
                     .bind(hit.followup_id)
                     .bind(pid)
@@ -131,7 +134,8 @@ impl Store {
                     .bind(counted.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
-                let kind = token::classify(target, hit.method, hit.at, hit.sent_at, last.map(Timestamp));
+                let kind =
+                    token::classify(target, hit.method, hit.at, hit.sent_at, last.map(Timestamp));
                 sqlx::query(insert)
                     .bind(hit.followup_id)
                     .bind(pid)
