@@ -652,6 +652,22 @@ async fn forged_altered_and_unknown_tokens_are_404_and_record_nothing() {
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(w.hits().await, 1);
+    // Eight simultaneous clicks on it two minutes later count once (one click, seven
+    // duplicates): the last-click read and the insert are one critical section.
+    w.clock.advance_to(at(later, 120_000));
+    let url = w.url(&format!("/r/{good}"));
+    let all = (0..8).map(|_| {
+        let (http, url) = (w.http.clone(), url.clone());
+        tokio::spawn(async move { http.get(&url).send().await.unwrap().status() })
+    });
+    for h in all.collect::<Vec<_>>() {
+        assert_eq!(h.await.unwrap(), StatusCode::SEE_OTHER);
+    }
+    let counts = store.hit_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        vec![("click".to_owned(), 2), ("duplicate".to_owned(), 7)]
+    );
 }
 
 #[tokio::test]

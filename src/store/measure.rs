@@ -89,7 +89,7 @@ impl Store {
 
     /// Records one hit, classified against the token's last counted hit
     /// ([`token::classify`]): the read and the insert are one critical section (the
-    /// write gate on SQLite, an advisory lock on the follow-up on PostgreSQL), so two
+    /// write gate and `BEGIN IMMEDIATE` on SQLite, an advisory lock on the follow-up on PostgreSQL), so two
     /// simultaneous clicks of the same link count once.
     pub async fn record_hit(&self, hit: &Hit<'_>) -> Result<HitKind> {
         let (target, pid, counted) = match hit.product {
@@ -102,7 +102,9 @@ impl Store {
         let _turn = self.write_turn().await;
         match &self.db {
             Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
+                // IMMEDIATE takes the write lock first: another process (a second
+                // `serve`) waits instead of reading the same "last click".
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
                 let last: Option<i64> = sqlx::query_scalar(last_sql)
                     .bind(hit.followup_id)
                     .bind(pid)
