@@ -25,7 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Measuring: tracked links, holdout, attribution and the report (pure).
     ("measure", &["domain", "unsubscribe"]),
     // The parts `jobs` calls; none knows jobs, the faces, or (but the store) the store.
-    ("store", &["domain", "files"]),
+    ("store", &["domain", "files", "measure"]),
     ("recommend", &["domain"]),
     ("render", &["domain"]),
     ("mail", &["domain", "files"]),
@@ -41,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "render",
             "mail",
             "unsubscribe",
+            "measure",
         ],
     ),
     // The HTTP face: given a ready engine by `app`; knows neither `app` nor `cli`.
@@ -54,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "jobs",
             "render",
             "unsubscribe",
+            "measure",
         ],
     ),
     // Start-up wiring: settings, store, engine, mailer, signals, worker and server.
@@ -84,6 +86,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "render",
             "mail",
             "unsubscribe",
+            "measure",
         ],
     ),
     // The thin binary.

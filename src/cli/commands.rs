@@ -73,6 +73,12 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
         }
         Command::Campaign { command } => campaign(s, command, io).await,
         Command::Status { json } => status(&s, json, io).await,
+        Command::Report {
+            campaign,
+            since,
+            json,
+            html,
+        } => report(&s, campaign.as_deref(), &since, json, html.as_deref(), io).await,
         Command::Followups(args) => {
             let store = open_store(&s).await?;
             if let Some(FollowupsCommand::Retry { order, state }) = args.command {
@@ -401,6 +407,38 @@ async fn preview(
                 "\n--- text ---\n{}\n--- html ---\n{}",
                 p.rendered.text, p.rendered.html
             )?;
+        }
+    }
+    Ok(())
+}
+
+async fn report(
+    s: &Settings,
+    campaign: Option<&str>,
+    since: &str,
+    json: bool,
+    html: Option<&std::path::Path>,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    let since = parse_duration(since).map_err(|why| CliError::Usage(format!("--since: {why}")))?;
+    let store = open_store(s).await?;
+    let r = crate::jobs::report(&store, s, Timestamp::now(), campaign, since)
+        .await
+        .map_err(|e| match e {
+            crate::jobs::ReportError::UnknownCampaign(_) => CliError::Usage(e.to_string()),
+            crate::jobs::ReportError::Store(e) => e.into(),
+        })?;
+    if let Some(path) = html {
+        std::fs::write(path, crate::measure::html::render(&r, &s.store.name))
+            .map_err(|e| CliError::Runtime(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if json {
+        let doc = serde_json::to_string(&r).map_err(|e| CliError::Runtime(e.to_string()))?;
+        writeln!(io.out, "{doc}")?;
+    } else {
+        write!(io.out, "{}", r.to_text())?;
+        if let Some(path) = html {
+            writeln!(io.out, "HTML report written to {}", path.display())?;
         }
     }
     Ok(())

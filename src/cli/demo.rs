@@ -51,6 +51,7 @@ pub async fn run(mut s: Settings, io: &mut Io<'_>) -> Result<(), CliError> {
     let first = store.next_wakeup().await?.unwrap_or_else(Timestamp::now);
     let clock = Clock::manual(first);
     let smtp_url = s.smtp.url.clone();
+    let s2 = s.clone();
     let worker = open_worker(s, store.clone(), clock.clone(), RunOptions::new(true)).await?;
     writeln!(
         io.out,
@@ -84,6 +85,121 @@ pub async fn run(mut s: Settings, io: &mut Io<'_>) -> Result<(), CliError> {
         "open any .eml file in {} with a mail client to see what shoppers get",
         smtp_url.trim_start_matches("file://")
     )?;
+    let sent = store
+        .followups(None, Some(crate::store::FollowupState::Sent), i64::MAX)
+        .await?;
+    let (clicks, orders) = simulate_clicks(&store, &s2, &sent, clock.now()).await?;
+    if clicks > 0 {
+        writeln!(
+            io.out,
+            "simulated (not real shoppers): {clicks} clicks on tracked links and {orders} orders after them"
+        )?;
+    }
+    // Over the simulated period (a second run's clock starts today, the ledger's does not).
+    let from = sent.iter().map(|f| f.due_at).min().unwrap_or(first);
+    let end = sent
+        .iter()
+        .map(|f| f.due_at)
+        .max()
+        .unwrap_or(first)
+        .plus(std::time::Duration::from_secs(1));
+    let span = std::time::Duration::from_millis((end.0 - from.0).max(0) as u64);
+    let report = crate::jobs::report(&store, &s2, end, None, span)
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    writeln!(
+        io.out,
+        "report (with the simulated clicks): {}",
+        report.summary_line()
+    )?;
     store.close().await;
     Ok(())
+}
+
+/// The share of sent emails the demo pretends were clicked, in per mille, and of those
+/// clicks the share followed by an order.
+const SIMULATED_CLICKS_PER_MILLE: u64 = 150;
+const SIMULATED_ORDERS_PER_MILLE: u64 = 350;
+/// Recorded as the hits' source, so simulated clicks are told from real ones.
+const SIMULATED_SOURCE: &str = "demo-simulated";
+
+/// A stable pseudo-random number in 0..1000 for a follow-up and a purpose.
+fn draw(id: i64, salt: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{salt}\0{id}").as_bytes());
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) % 1000
+}
+
+/// Pretends some shoppers clicked their email an hour after it arrived and some of them
+/// bought the clicked product a day later (orders `SIM-…`, scheduling no follow-up), so
+/// the report at the end has something to show. Only on the first run: the clicks are
+/// recorded once (a second run finds them and adds nothing). Returns (clicks, orders).
+async fn simulate_clicks(
+    store: &crate::store::Store,
+    s: &Settings,
+    sent: &[crate::store::FollowupRow],
+    now: Timestamp,
+) -> Result<(u64, u64), CliError> {
+    use crate::domain::{Money, ProductId};
+    if !store.hit_counts().await?.is_empty() {
+        return Ok((0, 0));
+    }
+    let prices: std::collections::HashMap<ProductId, Money> = store
+        .products()
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p.price))
+        .collect();
+    let (mut clicks, mut lines) = (0u64, Vec::new());
+    for f in sent {
+        let (Some(sent_at), Some(first)) = (f.sent_at, f.items.first()) else {
+            continue;
+        };
+        if draw(f.id, "click") >= SIMULATED_CLICKS_PER_MILLE {
+            continue;
+        }
+        let Ok(product) = ProductId::parse(first) else {
+            continue;
+        };
+        let at = sent_at.plus(std::time::Duration::from_secs(3_600));
+        store
+            .record_hit(&crate::store::Hit {
+                followup_id: f.id,
+                product: Some(&product),
+                method: crate::measure::token::Method::Get,
+                at,
+                sent_at: Some(sent_at),
+                source: SIMULATED_SOURCE,
+            })
+            .await?;
+        clicks += 1;
+        let Some(price) = prices.get(&product) else {
+            continue;
+        };
+        if draw(f.id, "order") < SIMULATED_ORDERS_PER_MILLE {
+            let placed = at
+                .plus(std::time::Duration::from_secs(86_400))
+                .min(now.plus(s.attribution.click_window));
+            lines.push(serde_json::json!({
+                "id": format!("SIM-{}", f.id), "customer_id": f.customer_id, "status": "completed",
+                "created_at": placed.rfc3339(), "completed_at": placed.rfc3339(),
+                "items": [{"product_id": product.as_str(), "quantity": 1, "unit_price": price.decimal()}],
+                "total": price.decimal(), "currency": s.store.currency,
+            }).to_string());
+        }
+    }
+    let text = lines.join("\n");
+    // No rules: a simulated order schedules no follow-up.
+    let report = import_reader(
+        store,
+        Kind::Orders,
+        text.as_bytes(),
+        false,
+        &[],
+        now,
+        |_| {},
+    )
+    .await
+    .map_err(|e| CliError::Runtime(e.to_string()))?;
+    Ok((clicks, report.stored as u64))
 }

@@ -99,6 +99,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// "Did it help?": sends, clicks, attributed revenue, recipients vs holdout.
+    Report {
+        /// One campaign (default: every configured one).
+        #[arg(long)]
+        campaign: Option<String>,
+        /// Follow-ups due within this before now.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// One JSON document on stdout (SPEC §8).
+        #[arg(long)]
+        json: bool,
+        /// Also write the HTML page (SVG charts, no scripts) to this file.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
     /// Runs the whole flow on a sample store with time compressed; emails go to outbox/.
     Demo,
 }

@@ -100,6 +100,43 @@ pub(crate) async fn metrics(
         "Delay from a follow-up's due time to its sending.",
         samples,
     );
+    // Tracked links (docs/marketing.md): every hit by how it was classified, and the
+    // orders the clicks earned.
+    let hits = s
+        .engine
+        .store
+        .hit_counts()
+        .await
+        .map_err(ApiError::internal)?;
+    let count = |kind: &str| hits.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
+    write_family(
+        &mut out,
+        "aftercart_clicks_total",
+        "counter",
+        "Hits on tracked links and the open pixel, by kind (only click and open count in the report).",
+        ["click", "open", "prefetch", "duplicate"]
+            .into_iter()
+            .map(|k| (format!("{{kind=\"{k}\"}}"), count(k).to_string())),
+    );
+    let (orders, revenue) =
+        crate::jobs::attributed_totals(&s.engine.store, &s.engine.settings, s.engine.clock.now())
+            .await
+            .map_err(ApiError::internal)?;
+    let currency = label(&s.engine.settings.store.currency);
+    write_family(
+        &mut out,
+        "aftercart_attributed_orders_total",
+        "counter",
+        "Paid orders attributed to a clicked follow-up (last click within attribution.click_window).",
+        [(String::new(), orders.to_string())],
+    );
+    write_family(
+        &mut out,
+        "aftercart_attributed_revenue_total",
+        "counter",
+        "Revenue of the attributed orders, in the store currency (drops when one is refunded).",
+        [(format!("{{currency=\"{currency}\"}}"), revenue.decimal())],
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP face of aftercart (SPEC §5): the ingest API (`/v1/*`, bearer token), the
 //! Shopify order webhook (HMAC), campaign triggers, unsubscribe pages (signed tokens),
-//! the content team's preview pages, `/healthz` and `/metrics`.
+//! the content team's preview pages, tracked links (`/r/{token}`) and the report
+//! (`/report`), `/healthz` and `/metrics`.
 //!
 //! Handlers stay thin: they parse the request, call the same library code the CLI uses
 //! (`import::Batch`, `jobs::trigger`, `Engine::preview`, the store) and turn the
@@ -15,6 +16,7 @@
 mod api;
 mod auth;
 mod limits;
+mod measure;
 mod metrics;
 mod pages;
 mod serve;
@@ -92,6 +94,9 @@ pub fn router(state: AppState) -> Router {
             "/unsubscribe/{token}",
             get(pages::unsubscribe_page).post(pages::unsubscribe),
         )
+        .route("/r/{token}", get(measure::link))
+        .route("/o/{token}", get(measure::pixel))
+        .route("/report", get(measure::report))
         .route("/preview", get(pages::preview_index))
         .route("/preview/{campaign}/{order_id}", get(pages::preview_email))
         .route("/healthz", get(metrics::healthz))

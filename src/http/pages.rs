@@ -114,7 +114,7 @@ pub(crate) struct TokenQuery {
     token: Option<String>,
 }
 
-fn unauthorized() -> Response {
+pub(super) fn unauthorized() -> Response {
     let mut r = page(
         StatusCode::UNAUTHORIZED,
         "Sign in",
@@ -129,7 +129,7 @@ fn unauthorized() -> Response {
 
 /// The page, with a session cookie when the visitor signed in with `?token=`: links then
 /// work without carrying the token.
-fn signed_in(s: &AppState, auth: PreviewAuth, mut page: Response) -> Response {
+pub(super) fn signed_in(s: &AppState, auth: PreviewAuth, mut page: Response) -> Response {
     if auth == PreviewAuth::Query
         && let Some(cookie) = preview_cookie(s)
     {

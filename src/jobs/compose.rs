@@ -4,9 +4,10 @@
 use super::Clock;
 use super::policy::{cap_frees_at, quiet_until};
 use crate::config::{Campaign, CapPolicy, Settings};
-use crate::domain::Customer;
+use crate::domain::{Customer, ProductId};
 use crate::domain::{Order, Timestamp};
 use crate::mail::OutgoingEmail;
+use crate::measure::token::{self, LinkKeys};
 use crate::recommend::{Exclusions, Model, ModelBuilder, ModelConfig, Pick, PickRequest};
 use crate::render::{
     CampaignInfo, CustomerInfo, EmailContext, LiveTemplates, OrderInfo, OrderLine, PickedItem,
@@ -140,7 +141,8 @@ impl Engine {
         let loaded = self.load(&[order_id], now).await?;
         let ctx = loaded.orders.get(order_id);
         let history = ctx.and_then(|c| loaded.histories.get(c.order.customer_id.as_str()));
-        self.decide_loaded(campaign_name, ctx, history, now).await
+        self.decide_loaded(None, campaign_name, ctx, history, now)
+            .await
     }
 
     /// Reads what the rules need for a batch of follow-ups in a handful of queries:
@@ -173,8 +175,11 @@ impl Engine {
     }
 
     /// The rules for one follow-up whose order and customer history are already read.
+    /// `followup_id` (the ledger row) signs the tracked links; None (a dry run) links
+    /// straight to the products.
     pub async fn decide_loaded(
         &self,
+        followup_id: Option<i64>,
         campaign_name: &str,
         ctx: Option<&OrderContext>,
         history: Option<&History>,
@@ -204,6 +209,15 @@ impl Engine {
         if customer.suppressed {
             return Ok(Decision::Skip("suppressed"));
         }
+        // The control group: decided before caps, quiet hours and picks, so that it is
+        // drawn from the same customers as the recipients.
+        if crate::measure::in_holdout(
+            &customer.customer.id,
+            &campaign.name,
+            campaign.holdout_share,
+        ) {
+            return Ok(Decision::Skip("holdout"));
+        }
         if let Some(q) = &self.settings.limits.quiet_hours
             && let Some(until) = quiet_until(q, self.customer_tz(customer), now)
         {
@@ -225,7 +239,14 @@ impl Engine {
             return Ok(Decision::Skip("nothing_to_recommend"));
         }
         Ok(
-            match self.compose(&ctx.order, customer, campaign, campaign_name, picks) {
+            match self.compose(
+                &ctx.order,
+                customer,
+                campaign,
+                campaign_name,
+                picks,
+                followup_id,
+            ) {
                 Ok(p) => Decision::Send(Box::new(p)),
                 // Recorded on the row (`template error: …`), which `status` reports.
                 Err(problem) => Decision::TemplateError(problem),
@@ -251,7 +272,8 @@ impl Engine {
 
     /// Renders the email for `picks`; Err carries the template problem as text. `key`
     /// is the ledger's campaign column, from which (with the order) the Message-ID is
-    /// derived.
+    /// derived. With the follow-up's id, the picks link through `/r/{token}` (and the
+    /// open pixel is added when `attribution.open_pixel` is on).
     pub fn compose(
         &self,
         order: &Order,
@@ -259,16 +281,20 @@ impl Engine {
         campaign: &Campaign,
         key: &str,
         picks: Vec<Pick>,
+        followup_id: Option<i64>,
     ) -> Result<Prepared, String> {
         let s = &self.settings;
         let unsubscribe_url = self.unsubscribe_url(customer.customer.id.as_str());
-        let ctx = self.context(
+        let mut ctx = self.context(
             order,
             &customer.customer,
             campaign,
             &picks,
             unsubscribe_url.clone(),
         );
+        if let Some(id) = followup_id {
+            self.track_links(&mut ctx, id);
+        }
         let rendered = self
             .templates
             .current()
@@ -318,6 +344,30 @@ impl Engine {
 }
 
 impl Engine {
+    /// The keys tracked links are signed with (derived from the unsubscribe key).
+    pub fn link_keys(&self) -> LinkKeys {
+        LinkKeys::new(&self.signer)
+    }
+
+    /// Points every pick at `{store.base_url}/r/{token}` for follow-up `id`, and sets
+    /// the open pixel when it is switched on.
+    fn track_links(&self, ctx: &mut EmailContext, id: i64) {
+        let keys = self.link_keys();
+        let base = &self.settings.store.base_url;
+        for item in &mut ctx.items {
+            if let Ok(pid) = ProductId::parse(&item.product_id) {
+                item.url = token::link_url(base, &token::sign(id, &pid, &keys));
+            }
+        }
+        if self.settings.attribution.open_pixel {
+            ctx.open_pixel_url = Some(format!(
+                "{}/o/{}",
+                base.trim_end_matches('/'),
+                token::sign_open(id, &keys)
+            ));
+        }
+    }
+
     /// The template variables for one email (docs/templates.md lists them).
     pub fn context(
         &self,
@@ -390,6 +440,7 @@ impl Engine {
                 strategy: campaign.strategy.as_str().to_owned(),
             },
             preheader: None,
+            open_pixel_url: None,
         }
     }
 }
@@ -461,6 +512,7 @@ impl Engine {
             campaign,
             campaign.name.as_str(),
             picks,
+            None,
         )
     }
 }

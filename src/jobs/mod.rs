@@ -8,11 +8,13 @@ mod compose;
 pub mod periodic;
 pub mod policy;
 mod runtime;
+mod report;
 mod schedule;
 mod worker;
 
 pub use clock::Clock;
 pub use compose::{Decision, Engine, Loaded, Prepared, load_model, message_id, watch_templates};
+pub use report::{DEFAULT_SINCE as DEFAULT_REPORT_SINCE, ReportError, attributed_totals, report};
 pub use schedule::{
     SampleEmail, TriggerError, TriggerReport, base_name, schedule_rules, trigger, trigger_id,
     trigger_with_id,

@@ -261,7 +261,7 @@ async fn process(
     let smtp = &e.settings.smtp;
     let decision = match &ctx {
         Some(ctx) => {
-            e.decide_loaded(&c.campaign, ctx.as_ref(), history.as_ref(), now)
+            e.decide_loaded(Some(c.id), &c.campaign, ctx.as_ref(), history.as_ref(), now)
                 .await
         }
         None => Err(StoreError::Corrupt("batch read failed".into())),

@@ -18,6 +18,9 @@ pub struct EmailContext {
     pub campaign: CampaignInfo,
     /// Hidden inbox preview text; a campaign's `preheader.txt`, when present, wins.
     pub preheader: Option<String>,
+    /// The open pixel's URL, only when `attribution.open_pixel` is on (None otherwise,
+    /// and in previews).
+    pub open_pixel_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,6 +220,7 @@ pub fn sample_context(campaign: &str, strategy: &str) -> EmailContext {
             strategy: strategy.to_owned(),
         },
         preheader: None,
+        open_pixel_url: None,
     }
 }
 

@@ -601,11 +601,11 @@ fn pid(s: String) -> Result<ProductId> {
     ProductId::parse(&s).map_err(StoreError::Corrupt)
 }
 
-fn json_col<T: serde::de::DeserializeOwned>(s: String) -> Result<T> {
+pub(super) fn json_col<T: serde::de::DeserializeOwned>(s: String) -> Result<T> {
     serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
 }
 
-fn order_from_row<R: Row>(r: &R) -> Result<Order>
+pub(super) fn order_from_row<R: Row>(r: &R) -> Result<Order>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,

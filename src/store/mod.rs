@@ -6,10 +6,12 @@
 mod catalog;
 mod ledger;
 mod maintenance;
+mod measure;
 mod ops;
 
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
 pub use ledger::{Claimed, Finish, FollowupRow, FollowupState, ScheduleRule};
+pub use measure::{Hit, LinkTarget};
 pub use ops::{
     LATENCY_BUCKETS, MetricsReport, RelayPause, StatusReport, SuppressionRow, WorkerRow,
 };

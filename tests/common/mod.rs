@@ -97,11 +97,15 @@ pub fn base_env(db: &str, smtp: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// The committed config.toml with `env` on top, templates from the repository.
+/// The committed config.toml with `env` on top, templates from the repository, and no
+/// holdout (tests count sends; tests/measure.rs switches it on where it is the subject).
 pub fn settings(env: &[(String, String)]) -> Settings {
     let mut s =
         Settings::load_with_env(Some(&manifest().join("config.toml")), env).expect("test settings");
     s.templates_dir = manifest().join("templates");
+    for c in &mut s.campaigns {
+        c.holdout_share = aftercart::domain::HoldoutShare::OFF;
+    }
     s
 }
 
