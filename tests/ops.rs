@@ -9,7 +9,7 @@ use aftercart::config::Settings;
 use aftercart::domain::Timestamp;
 use aftercart::import::{Kind, import_reader};
 use aftercart::jobs::{Clock, Engine};
-use aftercart_testkit::sink::SmtpSink;
+use aftercart_testkit::sink::{FaultPlan, SessionFaults, SmtpSink};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
@@ -257,4 +257,70 @@ async fn api_errors_list_every_problem_of_every_rejected_record() {
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
     let _ = &app.env;
+}
+
+#[tokio::test]
+async fn status_groups_failed_followups_by_smtp_reply() {
+    let sink = SmtpSink::start().await;
+    // The relay refuses some recipients at RCPT (naming them) and every other message
+    // at the end of DATA: two groups, whoever the recipients are.
+    sink.set_session_faults(SessionFaults::rcpt(|to| {
+        (to.len() % 2 == 0).then(|| format!("550 5.1.1 <{to}>: user unknown"))
+    }));
+    sink.set_faults(FaultPlan::always("554 5.7.1 message refused as spam"));
+    let db = common::fresh_db().await;
+    let env = common::base_env(&db.url, &sink.url());
+    let s = common::settings(&env);
+    let store = common::store(&s).await;
+    common::import_sample(&store, &s, Some(40)).await;
+    common::run_until_idle(&s, &store, common::clock_at_first_due(&store).await).await;
+    assert_eq!(sink.count(), 0);
+
+    let rows = store
+        .followups(None, Some(aftercart::store::FollowupState::Failed), 100_000)
+        .await
+        .unwrap();
+    let (mut unknown, mut spam) = (0i64, 0i64);
+    for r in &rows {
+        match r.smtp_reply.as_deref() {
+            Some(x) if x.starts_with("550 5.1.1") => unknown += 1,
+            Some("554 5.7.1 message refused as spam") => spam += 1,
+            other => panic!("unexpected reply {other:?}: {r:?}"),
+        }
+    }
+    assert!(unknown > 0 && spam > 0, "{unknown} {spam}");
+
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || common::run(&env, &["status", "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["failed_by_reply"],
+        json!({"550 5.1.1 <address> user unknown": unknown, "554 5.7.1 message refused as spam": spam}),
+        "{doc}"
+    );
+    assert_eq!(doc["followups"]["failed"], unknown + spam);
+    assert!(!out.contains("@"), "an address in status: {out}");
+
+    let (code, out, err) = tokio::task::spawn_blocking(move || common::run(&env, &["status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let section = out
+        .split("failed by reply:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no grouping in {out}"));
+    let lines: Vec<&str> = section.lines().take(2).map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{unknown}  550 5.1.1 <address> user unknown"),
+            format!("{spam}  554 5.7.1 message refused as spam"),
+        ],
+        "{out}"
+    );
 }

@@ -419,7 +419,8 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
     let relay = if paused.is_empty() { "ok" } else { "paused" };
     if json {
         let doc = serde_json::json!({
-            "followups": r.followups, "skipped_by_reason": r.skipped_by_reason, "sent_last_24h": r.sent_last_24h,
+            "followups": r.followups, "skipped_by_reason": r.skipped_by_reason,
+            "failed_by_reply": r.failed_by_reply, "sent_last_24h": r.sent_last_24h,
             "next_due": r.next_due, "workers": r.workers, "template_errors": r.template_errors,
             "relay": relay,
         });
@@ -434,6 +435,12 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
         writeln!(io.out, "skipped by reason:")?;
         for (reason, n) in &r.skipped_by_reason {
             writeln!(io.out, "  {reason:<22} {n}")?;
+        }
+    }
+    if !r.failed_by_reply.is_empty() {
+        writeln!(io.out, "failed by reply:")?;
+        for (reply, n) in &r.failed_by_reply {
+            writeln!(io.out, "  {n:>6}  {reply}")?;
         }
     }
     writeln!(io.out, "sent in the last 24 h: {}", r.sent_last_24h)?;
