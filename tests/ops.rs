@@ -22,7 +22,6 @@ const SHOPIFY_SECRET: &str = "s3cret";
 struct App {
     addr: SocketAddr,
     engine: Engine,
-    env: Vec<(String, String)>,
     http: reqwest::Client,
     _sink: SmtpSink,
     _db: common::TestDb,
@@ -49,7 +48,7 @@ async fn app_with(extra: &[(&str, &str)]) -> App {
     let sink = SmtpSink::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut env: Vec<(String, String)> = [
+    let env: Vec<(String, String)> = [
         ("AFTERCART__DATABASE__URL", db.url.clone()),
         ("AFTERCART__HTTP__API_TOKEN", TOKEN.into()),
         ("AFTERCART__SHOPIFY__WEBHOOK_SECRET", SHOPIFY_SECRET.into()),
@@ -61,7 +60,10 @@ async fn app_with(extra: &[(&str, &str)]) -> App {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
     let mut s = Settings::load_with_env(None, &env).unwrap();
     s.templates_dir = common::manifest().join("templates");
     let store = open_store(&s).await.unwrap();
@@ -73,7 +75,6 @@ async fn app_with(extra: &[(&str, &str)]) -> App {
     App {
         addr,
         engine,
-        env,
         http: reqwest::Client::new(),
         _sink: sink,
         _db: db,
@@ -113,7 +114,6 @@ fn order(id: &str, customer: &str, completed_days_ago: i64) -> Value {
            "total": "769.00", "currency": "USD"})
 }
 
-#[allow(dead_code)]
 fn sign(body: &[u8], secret: &str) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
@@ -256,7 +256,6 @@ async fn api_errors_list_every_problem_of_every_rejected_record() {
         .post_v1("/v1/orders", &order("O910002", "C900001", 4))
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let _ = &app.env;
 }
 
 #[tokio::test]
@@ -322,5 +321,362 @@ async fn status_groups_failed_followups_by_smtp_reply() {
             format!("{spam}  554 5.7.1 message refused as spam"),
         ],
         "{out}"
+    );
+}
+
+/// The SQLite database's bytes (main file and WAL), to look for what must be gone. Read
+/// by a child process: closing a file descriptor of the database in this process would
+/// drop this process's POSIX locks on it (SQLite's connections here would then look
+/// gone to other processes, which may delete the WAL under them).
+fn sqlite_bytes(url: &str) -> Option<Vec<u8>> {
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cat \"$1\"; cat \"$1-wal\" 2>/dev/null; true")
+        .arg("sh")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(!out.stdout.is_empty(), "cannot read {path}");
+    Some(out.stdout)
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+async fn cli(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    let env = env.to_vec();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run(&env, &args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn forget_erases_the_customer_and_a_reimport_sends_them_nothing() {
+    let sink = SmtpSink::start().await;
+    let db = common::fresh_db().await;
+    let env = common::base_env(&db.url, &sink.url());
+    let s = common::settings(&env);
+    let store = common::store(&s).await;
+    common::import_sample(&store, &s, Some(40)).await;
+    let before = store.followups(None, None, 100_000).await.unwrap();
+    let who = before[0].customer_id.clone();
+    let c = store.customer(&who).await.unwrap().unwrap().customer;
+    let email = c.email.to_string();
+    let name = c.name.clone().unwrap();
+    let theirs = |rows: &[aftercart::store::FollowupRow]| {
+        rows.iter()
+            .filter(|r| r.customer_id == who)
+            .map(|r| (r.order_id.clone(), r.campaign.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let keys = theirs(&before);
+    assert!(!keys.is_empty());
+    if let Some(bytes) = sqlite_bytes(&db.url) {
+        assert!(
+            contains(&bytes, &email),
+            "the test looks for the wrong bytes"
+        );
+    }
+
+    // By email (upper case: addresses match whatever their case).
+    let (code, out, err) = cli(&env, &["forget", &email.to_uppercase()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("customer {who}: personal data erased")),
+        "{out}"
+    );
+    let (code, _, err) = cli(&env, &["forget", "nobody@nowhere.example"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no customer"), "{err}");
+
+    let (code, out, err) = cli(&env, &["export-customer", &who]).await;
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let me = &doc["customers"][0];
+    assert_eq!(me["customer"]["id"], who.as_str());
+    assert!(
+        me["customer"]["email"].is_null() && me["customer"]["name"].is_null(),
+        "{me}"
+    );
+    assert_eq!(me["customer"]["marketing_consent"], false);
+    assert!(me["customer"]["forgotten_at"].is_string());
+    assert_eq!(me["events"], json!([]));
+    assert!(!me["orders"].as_array().unwrap().is_empty(), "{me}");
+    assert!(
+        me["followups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["state"] == "skipped" && f["reason"] == "forgotten"),
+        "{me}"
+    );
+    assert!(!out.contains(&email) && !out.contains(&name), "{out}");
+
+    // Their email and name are gone from the database files.
+    if let Some(bytes) = sqlite_bytes(&db.url) {
+        assert!(
+            !contains(&bytes, &email),
+            "the address is still in the database file"
+        );
+        assert!(
+            !contains(&bytes, &name),
+            "the name is still in the database file"
+        );
+    }
+
+    // A replay: customers and the same orders imported again, then the worker runs.
+    let dir = tempfile::tempdir().unwrap();
+    let orders = dir.path().join("orders.jsonl");
+    let text = std::fs::read_to_string(common::sample("orders.jsonl")).unwrap();
+    std::fs::write(
+        &orders,
+        text.lines().take(40).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let customers = common::sample("customers.jsonl");
+    for (kind, file) in [
+        ("customers", customers.as_path()),
+        ("orders", orders.as_path()),
+    ] {
+        let (code, out, err) = cli(&env, &["import", kind, file.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{kind}: {out}{err}");
+    }
+    let c = store.customer(&who).await.unwrap().unwrap().customer;
+    assert!(c.email.to_string().is_empty() && c.name.is_none() && !c.marketing_consent);
+    common::run_until_idle(&s, &store, common::clock_at_first_due(&store).await).await;
+    assert!(sink.count() > 0, "the others get their emails");
+    assert!(
+        sink.received()
+            .iter()
+            .all(|m| !m.to.iter().any(|r| r.eq_ignore_ascii_case(&email))),
+        "an email went to a forgotten customer"
+    );
+    let after = store.followups(None, None, 100_000).await.unwrap();
+    assert_eq!(
+        theirs(&after),
+        keys,
+        "the ledger keeps its keys, and gets no new ones"
+    );
+    assert!(
+        after
+            .iter()
+            .filter(|r| r.customer_id == who)
+            .all(|r| r.state == "skipped"),
+        "{after:?}"
+    );
+    if let Some(bytes) = sqlite_bytes(&db.url) {
+        assert!(
+            !contains(&bytes, &email),
+            "a re-import brought the address back"
+        );
+    }
+}
+
+impl App {
+    /// A signed delivery to `POST /webhooks/shopify`.
+    async fn shopify(&self, topic: &str, delivery: &str, body: &Value) -> (StatusCode, Value) {
+        let raw = serde_json::to_vec(body).unwrap();
+        let r = self
+            .http
+            .post(self.url("/webhooks/shopify"))
+            .header("X-Shopify-Topic", topic)
+            .header("X-Shopify-Webhook-Id", delivery)
+            .header("X-Shopify-Hmac-Sha256", sign(&raw, SHOPIFY_SECRET))
+            .header("Content-Type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Shopify's documented `products/create` example (REST Admin API), trimmed of fields
+/// aftercart does not read.
+fn shopify_product(sku_small: &str, small: i64, medium: i64) -> Value {
+    json!({
+        "admin_graphql_api_id": "gid://shopify/Product/788032119674292922",
+        "body_html": "An example T-Shirt", "created_at": null, "handle": "example-t-shirt",
+        "id": 788032119674292922u64, "product_type": "Shirts", "published_at": "2021-12-31T19:00:00-05:00",
+        "template_suffix": null, "title": "Example T-Shirt", "updated_at": "2021-12-31T19:00:00-05:00",
+        "vendor": "Acme", "status": "active", "published_scope": "web", "tags": "example, mens, t-shirt",
+        "variants": [
+            {"admin_graphql_api_id": "gid://shopify/ProductVariant/642667041472713922", "barcode": null,
+             "compare_at_price": "24.99", "created_at": null, "fulfillment_service": "manual",
+             "id": 642667041472713922u64, "inventory_management": "shopify", "position": 0, "price": "19.99",
+             "product_id": 788032119674292922u64, "sku": sku_small, "taxable": true, "title": "Small",
+             "updated_at": null, "option1": "Small", "inventory_item_id": null,
+             "inventory_quantity": small, "old_inventory_quantity": small, "requires_shipping": true},
+            {"admin_graphql_api_id": "gid://shopify/ProductVariant/757650484644203962", "barcode": null,
+             "compare_at_price": "24.99", "created_at": null, "fulfillment_service": "manual",
+             "id": 757650484644203962u64, "inventory_management": "shopify", "position": 0, "price": "19.99",
+             "product_id": 788032119674292922u64, "sku": "example-shirt-m", "taxable": true, "title": "Medium",
+             "updated_at": null, "option1": "Medium", "inventory_item_id": null,
+             "inventory_quantity": medium, "old_inventory_quantity": medium, "requires_shipping": true}
+        ],
+        "options": [], "images": [], "image": null
+    })
+}
+
+fn shopify_order(id: u64, customer: u64, email: &str) -> Value {
+    json!({
+        "id": id, "name": "#1001", "email": email, "created_at": days_ago(5),
+        "processed_at": days_ago(4), "total_price": "769.00", "currency": "USD", "financial_status": "paid",
+        "customer": {"id": customer, "email": email, "first_name": "Sam", "last_name": "Buyer",
+                     "email_marketing_consent": {"state": "subscribed"}},
+        "line_items": [{"id": 1, "sku": "P00001", "product_id": 632_910_392_u64, "quantity": 1, "price": "769.00"}]
+    })
+}
+
+#[tokio::test]
+async fn shopify_topics_at_one_url() {
+    let app = app().await;
+    let store = &app.engine.store;
+    let before = store.product("P00002").await.unwrap().unwrap();
+
+    // Unsigned or forged: 401, nothing changes.
+    let body = shopify_product("P00002", 0, 0);
+    let r = app
+        .http
+        .post(app.url("/webhooks/shopify"))
+        .header("X-Shopify-Topic", "products/update")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app
+        .http
+        .post(app.url("/webhooks/shopify"))
+        .header("X-Shopify-Topic", "products/update")
+        .header("X-Shopify-Hmac-Sha256", sign(b"{}", SHOPIFY_SECRET))
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(store.product("P00002").await.unwrap().unwrap(), before);
+
+    // A variant's sku names a catalog product: that one is updated; sold out everywhere.
+    let (st, out) = app.shopify("products/update", "p1", &body).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    let p = store.product("P00002").await.unwrap().unwrap();
+    assert_eq!(
+        (p.title.as_str(), p.price.decimal().as_str(), p.in_stock),
+        ("Example T-Shirt", "19.99", false)
+    );
+    assert_eq!(
+        p.compatible_with, before.compatible_with,
+        "fields Shopify does not know are kept"
+    );
+    assert_eq!(p.category, before.category);
+    // Back in stock (another variant), then a replay of the sold-out delivery: no change.
+    let (st, _) = app
+        .shopify("products/update", "p2", &shopify_product("P00002", 0, 3))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(store.product("P00002").await.unwrap().unwrap().in_stock);
+    let (st, out) = app.shopify("products/update", "p1", &body).await;
+    assert_eq!((st, &out["duplicate"]), (StatusCode::OK, &json!(true)));
+    assert!(store.product("P00002").await.unwrap().unwrap().in_stock);
+
+    // No sku in the catalog: the product's id; untracked inventory is in stock.
+    let mut created = shopify_product("example-shirt-s", 0, 0);
+    created["variants"][1]["inventory_management"] = Value::Null;
+    let (st, out) = app.shopify("products/create", "p3", &created).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    let p = store.product("788032119674292922").await.unwrap().unwrap();
+    assert!(p.in_stock);
+    assert_eq!(p.brand.as_deref(), Some("Acme"));
+    assert_eq!(p.category.as_ref().map(|c| c.as_str()), Some("Shirts"));
+    // A bad price is named by its payload field.
+    let mut bad = created.clone();
+    bad["variants"][0]["price"] = json!("free");
+    let (st, out) = app.shopify("products/update", "p4", &bad).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{out}");
+    assert_eq!(out["field"], "variants[0].price");
+
+    // Orders at the shared URL too, then consent withdrawn by customers/update.
+    let order = shopify_order(820_982_911, 7_001, "sam@buyer.example");
+    let (st, out) = app.shopify("orders/paid", "o1", &order).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(out["scheduled"], 1, "{out}");
+    let c = store.customer("7001").await.unwrap().unwrap().customer;
+    assert!(c.marketing_consent);
+    let update = json!({
+        "id": 7_001, "email": "sam@buyer.example", "created_at": "2021-12-31T19:00:00-05:00",
+        "updated_at": "2021-12-31T19:00:00-05:00", "first_name": "Sam", "last_name": "Buyer",
+        "orders_count": 1, "state": "disabled", "total_spent": "0.00", "last_order_id": null,
+        "note": null, "verified_email": true, "tax_exempt": false, "tags": "", "currency": "USD",
+        "phone": null, "addresses": [], "tax_exemptions": [],
+        "email_marketing_consent": {"state": "unsubscribed", "opt_in_level": "single_opt_in", "consent_updated_at": null},
+        "sms_marketing_consent": null, "admin_graphql_api_id": "gid://shopify/Customer/7001"
+    });
+    let (st, out) = app.shopify("customers/update", "c1", &update).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert!(
+        !store
+            .customer("7001")
+            .await
+            .unwrap()
+            .unwrap()
+            .customer
+            .marketing_consent
+    );
+
+    // customers/data_request (Shopify's example shape): recorded, 200.
+    let request = json!({
+        "shop_id": 954889, "shop_domain": "example.myshopify.com", "orders_requested": [820_982_911u64],
+        "customer": {"id": 7_001, "email": "sam@buyer.example", "phone": "555-625-1199"},
+        "data_request": {"id": 9999}
+    });
+    let (st, out) = app.shopify("customers/data_request", "d1", &request).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    let export = store.export_customer("7001").await.unwrap();
+    assert_eq!(
+        export[0]["data_requests"][0]["id"], "shopify:9999",
+        "{export:?}"
+    );
+    assert_eq!(export[0]["customer"]["email"], "sam@buyer.example");
+    assert_eq!(export[0]["orders"][0]["id"], "820982911");
+
+    // customers/redact: erased; a replayed order (new delivery id) brings nothing back.
+    let redact = json!({
+        "shop_id": 954889, "shop_domain": "example.myshopify.com",
+        "customer": {"id": 7_001, "email": "sam@buyer.example", "phone": "555-625-1199"},
+        "orders_to_redact": [820_982_911u64]
+    });
+    let (st, out) = app.shopify("customers/redact", "r1", &redact).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(out["forgotten"], json!(["7001"]));
+    let (st, out) = app.shopify("orders/paid", "o2", &order).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(out["scheduled"], 0, "{out}");
+    let (st, _) = app.shopify("customers/update", "c2", &update).await;
+    assert_eq!(st, StatusCode::OK);
+    let c = store.customer("7001").await.unwrap().unwrap().customer;
+    assert!(
+        c.email.to_string().is_empty() && c.name.is_none() && !c.marketing_consent,
+        "{c:?}"
+    );
+    let rows = store.followups(Some("820982911"), None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].state.as_str(), rows[0].reason.as_deref()),
+        ("skipped", Some("forgotten"))
+    );
+
+    // A topic we do not handle: 200, ignored. No topic: 400.
+    let (st, out) = app.shopify("app/uninstalled", "u1", &json!({})).await;
+    assert_eq!(
+        (st, &out["ignored"]),
+        (StatusCode::OK, &json!("app/uninstalled"))
     );
 }

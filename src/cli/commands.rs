@@ -73,6 +73,8 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
         }
         Command::Campaign { command } => campaign(s, command, io).await,
         Command::Status { json } => status(&s, json, io).await,
+        Command::Forget { who, json } => super::privacy::forget(&s, &who, json, io).await,
+        Command::ExportCustomer { who } => super::privacy::export(&s, &who, io).await,
         Command::Followups(args) => {
             let store = open_store(&s).await?;
             if let Some(FollowupsCommand::Retry { order, state }) = args.command {

@@ -89,6 +89,13 @@ pub fn router(state: AppState) -> Router {
             )),
         )
         .route(
+            "/webhooks/shopify",
+            post(shopify::webhook).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                limits::shopify_signed,
+            )),
+        )
+        .route(
             "/unsubscribe/{token}",
             get(pages::unsubscribe_page).post(pages::unsubscribe),
         )
