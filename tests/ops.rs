@@ -680,3 +680,245 @@ async fn shopify_topics_at_one_url() {
         (StatusCode::OK, &json!("app/uninstalled"))
     );
 }
+
+fn postmark_bounce(id: u64, kind: &str, email: &str) -> Value {
+    // Postmark's documented bounce webhook example, with our recipient.
+    json!({
+        "RecordType": "Bounce", "MessageStream": "outbound", "ID": id, "Type": kind, "TypeCode": 1,
+        "Name": "Hard bounce", "Tag": "Test", "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+        "Metadata": {"a_key": "a_value", "b_key": "b_value"}, "ServerID": 23,
+        "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+        "Details": "Test bounce details", "Email": email, "From": "sender@example.com",
+        "BouncedAt": "2019-11-05T16:33:54.9070259Z", "DumpAvailable": true, "Inactive": true,
+        "CanActivate": true, "Subject": "Test subject", "Content": "<Full dump of bounce>"
+    })
+}
+
+fn mailgun_event(key: &str, ts: i64, token: &str, event: Value) -> Value {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(format!("{ts}{token}").as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    json!({"signature": {"timestamp": ts.to_string(), "token": token, "signature": signature},
+           "event-data": event})
+}
+
+/// Mailgun's documented "failed" (permanent) event, with our recipient and Message-ID.
+fn mailgun_failed(email: &str, message_id: &str, severity: &str) -> Value {
+    json!({
+        "event": "failed", "id": "G9Bn5sl1TC6nu79C8C0bwg", "timestamp": 1529006854.329574,
+        "log-level": "error", "severity": severity, "reason": "bounce", "recipient": email,
+        "recipient-domain": "example.com", "envelope": {"sender": "bob@sandbox.mailgun.org", "transport": "smtp", "targets": email},
+        "delivery-status": {"code": 550, "message": "5.1.1 The email account that you tried to reach does not exist",
+                            "description": "", "attempt-no": 1},
+        "message": {"headers": {"to": email, "message-id": message_id, "from": "Bob <bob@sandbox.mailgun.org>",
+                                "subject": "Test permanent_fail webhook"}, "attachments": [], "size": 111},
+        "flags": {"is-routed": false, "is-authenticated": true, "is-system-test": false, "is-test-mode": false},
+        "tags": ["my_tag_1"], "user-variables": {"my_var_1": "Mailgun Variable #1"}
+    })
+}
+
+impl App {
+    /// Runs a worker with a manual clock (starting now) against the sink until idle.
+    async fn run_worker(&self) {
+        let mut engine = self.engine.clone();
+        engine.clock = Clock::manual(Timestamp::now());
+        let mailer = aftercart::mail::Mailer::connect(aftercart::mail::MailerConfig {
+            url: self._sink.url(),
+            pool_size: 2,
+            timeout: std::time::Duration::from_secs(10),
+            data_timeout: std::time::Duration::from_secs(600),
+            probe_base: std::time::Duration::from_secs(1),
+            probe_max: std::time::Duration::from_secs(300),
+            username: None,
+            password: None,
+        })
+        .await
+        .unwrap();
+        aftercart::jobs::Worker::new(
+            engine,
+            std::sync::Arc::new(mailer),
+            aftercart::jobs::RunOptions::new(true),
+        )
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    }
+
+    async fn bounce(
+        &self,
+        provider: &str,
+        body: &Value,
+        basic: Option<(&str, &str)>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/webhooks/bounces/{provider}")))
+            .json(body);
+        if let Some((u, p)) = basic {
+            req = req.basic_auth(u, Some(p));
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn suppression(&self, email: &str) -> Option<String> {
+        self.engine
+            .store
+            .suppressions()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.email == email)
+            .map(|s| s.reason)
+    }
+}
+
+#[tokio::test]
+async fn bounce_webhooks_postmark_and_mailgun() {
+    let app = app_with(&[
+        ("AFTERCART__BOUNCES__WEBHOOK_SECRET", "pm-secret"),
+        ("AFTERCART__BOUNCES__MAILGUN_SIGNING_KEY", "mg-key"),
+    ])
+    .await;
+
+    // Postmark: Basic auth with the secret as password.
+    let hard = postmark_bounce(4323372036854775807, "HardBounce", "gone@x.example");
+    for auth in [None, Some(("postmark", "wrong")), Some(("pm-secret", ""))] {
+        let (st, out) = app.bounce("postmark", &hard, auth).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{auth:?}: {out}");
+    }
+    assert_eq!(app.suppression("gone@x.example").await, None);
+    let (st, out) = app
+        .bounce("postmark", &hard, Some(("postmark", "pm-secret")))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(out["kind"], "hard_bounce");
+    assert_eq!(
+        app.suppression("gone@x.example").await.as_deref(),
+        Some("hard_bounce")
+    );
+    let (st, out) = app
+        .bounce("postmark", &hard, Some(("postmark", "pm-secret")))
+        .await;
+    assert_eq!((st, &out["duplicate"]), (StatusCode::OK, &json!(true)));
+
+    let soft = postmark_bounce(43, "SoftBounce", "full@x.example");
+    let (st, out) = app
+        .bounce("postmark", &soft, Some(("u", "pm-secret")))
+        .await;
+    assert_eq!(
+        (st, &out["kind"]),
+        (StatusCode::OK, &json!("soft_bounce")),
+        "{out}"
+    );
+    assert_eq!(app.suppression("full@x.example").await, None);
+
+    let mut complaint = postmark_bounce(42, "SpamComplaint", "angry@x.example");
+    complaint["RecordType"] = json!("SpamComplaint");
+    complaint["TypeCode"] = json!(512);
+    let (st, out) = app
+        .bounce("postmark", &complaint, Some(("u", "pm-secret")))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(
+        app.suppression("angry@x.example").await.as_deref(),
+        Some("complaint")
+    );
+
+    // Mailgun: a signed permanent failure naming a follow-up's Message-ID.
+    let (st, body) = app
+        .post_v1("/v1/orders", &order("O920001", "C000001", 4))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    app.run_worker().await;
+    let row = app
+        .engine
+        .store
+        .followups(Some("O920001"), None, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(row.state, "sent", "{row:?}");
+    let message_id = row.message_id.clone().unwrap();
+    let now = Timestamp::now().0 / 1000;
+    let event = mailgun_failed("ava.schmidt@mail.example.com", &message_id, "permanent");
+    let forged = mailgun_event("not-the-key", now, "tok1", event.clone());
+    let (st, _) = app.bounce("mailgun", &forged, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let stale = mailgun_event("mg-key", now - 3600, "tok2", event.clone());
+    let (st, _) = app.bounce("mailgun", &stale, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.suppression("ava.schmidt@mail.example.com").await, None);
+    let good = mailgun_event("mg-key", now, "tok3", event);
+    let (st, out) = app.bounce("mailgun", &good, None).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(out["kind"], "hard_bounce");
+    assert_eq!(
+        app.suppression("ava.schmidt@mail.example.com")
+            .await
+            .as_deref(),
+        Some("hard_bounce")
+    );
+    assert_eq!(
+        out["followups"], 1,
+        "the follow-up records the outcome: {out}"
+    );
+    let export = app.engine.store.export_customer("C000001").await.unwrap();
+    let f = export[0]["followups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["order_id"] == "O920001")
+        .unwrap()
+        .clone();
+    assert_eq!(f["bounce"], "hard_bounce", "{f}");
+    let (st, out) = app.bounce("mailgun", &good, None).await;
+    assert_eq!(
+        (st, &out["duplicate"]),
+        (StatusCode::OK, &json!(true)),
+        "a replayed token"
+    );
+    let temp = mailgun_event(
+        "mg-key",
+        now,
+        "tok4",
+        mailgun_failed("full@x.example", "<x@y>", "temporary"),
+    );
+    let (st, out) = app.bounce("mailgun", &temp, None).await;
+    assert_eq!(
+        (st, &out["kind"]),
+        (StatusCode::OK, &json!("soft_bounce")),
+        "{out}"
+    );
+    let complained = mailgun_event(
+        "mg-key",
+        now,
+        "tok5",
+        json!({"event": "complained", "recipient": "angry2@x.example",
+        "timestamp": 1529006854.329574, "id": "-Agny091SquKnsrW2NEKUA", "message": {"headers": {"message-id": "<a@b>"}}}),
+    );
+    let (st, _) = app.bounce("mailgun", &complained, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        app.suppression("angry2@x.example").await.as_deref(),
+        Some("complaint")
+    );
+
+    // Providers whose signatures are not verified yet are refused, unknown ones 404.
+    let (st, _) = app
+        .bounce("ses", &json!({"Type": "Notification"}), None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = app
+        .bounce("sendgrid", &json!([{"event": "bounce"}]), None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = app.bounce("nope", &json!({}), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let counts = app.engine.store.bounce_counts().await.unwrap();
+    assert_eq!(counts.get("postmark soft_bounce"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("mailgun hard_bounce"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("postmark hard_bounce"), Some(&1), "{counts:?}");
+}

@@ -422,7 +422,7 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
     if json {
         let doc = serde_json::json!({
             "followups": r.followups, "skipped_by_reason": r.skipped_by_reason,
-            "failed_by_reply": r.failed_by_reply, "sent_last_24h": r.sent_last_24h,
+            "failed_by_reply": r.failed_by_reply, "bounces": r.bounces, "sent_last_24h": r.sent_last_24h,
             "next_due": r.next_due, "workers": r.workers, "template_errors": r.template_errors,
             "relay": relay,
         });
@@ -443,6 +443,12 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
         writeln!(io.out, "failed by reply:")?;
         for (reply, n) in &r.failed_by_reply {
             writeln!(io.out, "  {n:>6}  {reply}")?;
+        }
+    }
+    if !r.bounces.is_empty() {
+        writeln!(io.out, "bounce webhooks:")?;
+        for (what, n) in &r.bounces {
+            writeln!(io.out, "  {n:>6}  {what}")?;
         }
     }
     writeln!(io.out, "sent in the last 24 h: {}", r.sent_last_24h)?;

@@ -52,6 +52,7 @@ pub struct Settings {
     pub limits: Limits,
     pub unsubscribe: UnsubscribeSettings,
     pub shopify: ShopifySettings,
+    pub bounces: BounceSettings,
     pub attribution: AttributionSettings,
     pub campaigns: Vec<Campaign>,
     /// The templates folder (`templates/` beside the config file by default).
@@ -244,6 +245,17 @@ impl ShopifySettings {
     pub fn webhook_secret(&self) -> Option<&str> {
         self.webhook_secret.as_ref().map(Secret::expose)
     }
+}
+
+/// `[bounces]`: the providers' bounce and complaint webhooks (`/webhooks/bounces/*`).
+#[derive(Debug, Clone, Default)]
+pub struct BounceSettings {
+    /// Postmark: the HTTP Basic password of the webhook URL.
+    pub webhook_secret: Option<Secret>,
+    /// Mailgun: the HTTP webhook signing key (HMAC-SHA256 of timestamp + token).
+    pub mailgun_signing_key: Option<Secret>,
+    /// Mailgun: a signature older (or further ahead) than this is refused.
+    pub max_age: Duration,
 }
 
 /// `[attribution]`: how the report credits orders to emails (see `measure`).

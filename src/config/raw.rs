@@ -2,8 +2,8 @@
 
 use super::keys::{self, Kind};
 use super::{
-    Campaign, CapPolicy, ConfigError, DatabaseSettings, HttpSettings, Limits, PreviousKey,
-    QuietHours, Secret, Settings, ShopifySettings, SmtpSettings, StoreSettings,
+    BounceSettings, Campaign, CapPolicy, ConfigError, DatabaseSettings, HttpSettings, Limits,
+    PreviousKey, QuietHours, Secret, Settings, ShopifySettings, SmtpSettings, StoreSettings,
     UnsubscribeSettings, WorkerSettings,
 };
 use crate::domain::{CampaignName, HoldoutShare, Strategy, Trigger, parse_duration, parse_rfc3339};
@@ -28,6 +28,8 @@ struct Raw {
     unsubscribe: RawUnsubscribe,
     #[serde(default)]
     shopify: RawShopify,
+    #[serde(default)]
+    bounces: RawBounces,
     #[serde(default)]
     templates: RawTemplates,
     #[serde(default)]
@@ -179,6 +181,24 @@ struct RawShopify {
     webhook_secret: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBounces {
+    webhook_secret: Option<String>,
+    mailgun_signing_key: Option<String>,
+    max_age: String,
+}
+
+impl Default for RawBounces {
+    fn default() -> Self {
+        RawBounces {
+            webhook_secret: None,
+            mailgun_signing_key: None,
+            max_age: "15m".into(),
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTemplates {
@@ -286,6 +306,8 @@ pub(super) const SECRET_KEYS: &[&str] = &[
     "http.api_token",
     "http.metrics_token",
     "shopify.webhook_secret",
+    "bounces.webhook_secret",
+    "bounces.mailgun_signing_key",
     "unsubscribe.secret",
     "unsubscribe.previous_secret",
 ];
@@ -746,6 +768,19 @@ pub(super) fn parse(
                 .webhook_secret
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
+        },
+        bounces: BounceSettings {
+            webhook_secret: raw
+                .bounces
+                .webhook_secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            mailgun_signing_key: raw
+                .bounces
+                .mailgun_signing_key
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            max_age: d("bounces.max_age", &raw.bounces.max_age)?,
         },
         attribution,
         campaigns,

@@ -14,6 +14,7 @@
 
 mod api;
 mod auth;
+mod bounces;
 mod limits;
 mod metrics;
 mod pages;
@@ -93,6 +94,13 @@ pub fn router(state: AppState) -> Router {
             post(shopify::webhook).route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 limits::shopify_signed,
+            )),
+        )
+        .route(
+            "/webhooks/bounces/{provider}",
+            post(bounces::bounce).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                limits::read_webhook_body,
             )),
         )
         .route(

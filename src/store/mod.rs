@@ -3,11 +3,13 @@
 //! accept, and run on whichever pool is open (`with_db!`). The store knows no jobs, web
 //! or CLI; it is handed "now" by its callers.
 
+mod bounces;
 mod catalog;
 mod ledger;
 mod ops;
 mod privacy;
 
+pub use bounces::{BounceKind, BounceOutcome};
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
 pub use ledger::{Claimed, Finish, FollowupRow, FollowupState, ScheduleRule};
 pub use ops::{

@@ -12,6 +12,8 @@ pub struct StatusReport {
     pub skipped_by_reason: BTreeMap<String, i64>,
     /// Failed follow-ups by SMTP reply (code and text, addresses masked).
     pub failed_by_reply: BTreeMap<String, i64>,
+    /// Provider webhook events, "provider kind" → count ("postmark soft_bounce": 2).
+    pub bounces: BTreeMap<String, i64>,
     pub sent_last_24h: i64,
     pub next_due: Option<Timestamp>,
     pub workers: Vec<WorkerRow>,
@@ -78,6 +80,7 @@ impl Store {
         let counts = self.counts().await?;
         let (followups, skipped_by_reason) = (counts.followups, counts.skipped_by_reason);
         let failed_by_reply = self.failed_by_reply().await?;
+        let bounces = self.bounce_counts().await?;
         with_db!(&self.db, p => {
             let sent_last_24h: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM followups WHERE state = 'sent' AND sent_at > $1")
                 .bind(now.0 - 86_400_000).fetch_one(p).await?;
@@ -115,7 +118,7 @@ impl Store {
                 let (problem, n): (String, i64) = (r.try_get("problem")?, r.try_get("n")?);
                 template_errors.insert(r.try_get("campaign")?, format!("{problem} ({n} follow-up(s) waiting)"));
             }
-            Ok(StatusReport { followups, skipped_by_reason, failed_by_reply, sent_last_24h, next_due: next_due.map(Timestamp), workers, template_errors })
+            Ok(StatusReport { followups, skipped_by_reason, failed_by_reply, bounces, sent_last_24h, next_due: next_due.map(Timestamp), workers, template_errors })
         })
     }
 

@@ -129,7 +129,7 @@ impl Store {
             "SELECT id, status, created_at, completed_at, delivered_at, total, currency, items
                           FROM orders WHERE customer_id = $1 ORDER BY created_at, id";
         let events_sql = "SELECT product_id, kind, at FROM events WHERE customer_id = $1 ORDER BY at, product_id";
-        let followups_sql = "SELECT order_id, campaign, state, reason, due_at, sent_at, message_id, smtp_reply, items
+        let followups_sql = "SELECT order_id, campaign, state, reason, due_at, sent_at, message_id, smtp_reply, bounce, items
                              FROM followups WHERE customer_id = $1 ORDER BY id";
         let requests_sql = "SELECT id, source, requested_at FROM data_requests WHERE customer_id = $1 ORDER BY requested_at, id";
         let time = |v: Option<i64>| v.map(|t| Timestamp(t).rfc3339());
@@ -166,6 +166,7 @@ impl Store {
                         "due_at": time(f.try_get("due_at")?), "sent_at": time(f.try_get("sent_at")?),
                         "message_id": f.try_get::<Option<String>, _>("message_id")?,
                         "smtp_reply": f.try_get::<Option<String>, _>("smtp_reply")?,
+                        "bounce": f.try_get::<Option<String>, _>("bounce")?,
                         "items": items.and_then(|i| serde_json::from_str::<Value>(&i).ok()),
                     }));
                 }

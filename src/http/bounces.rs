@@ -1,0 +1,235 @@
+//! `POST /webhooks/bounces/{provider}`: bounces and spam complaints that the sending
+//! provider reports after it accepted a message with a 250. A hard bounce suppresses
+//! the address (`hard_bounce`), a complaint too (`complaint`), a soft bounce is counted;
+//! the follow-up whose Message-ID the report names records the outcome.
+//!
+//! Authentication, per provider: Postmark by HTTP Basic auth (password
+//! `bounces.webhook_secret`), Mailgun by its signature (HMAC-SHA256 of timestamp and
+//! token with `bounces.mailgun_signing_key`, not older than `bounces.max_age`). SendGrid
+//! (ECDSA signed event webhook) and Amazon SES (SNS message signatures) are not verified
+//! yet, so they are refused (401) rather than trusted. Missing or wrong → 401, before
+//! the body is parsed.
+
+use super::{ApiError, AppState};
+use crate::domain::EmailAddress;
+use crate::store::BounceKind;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+type Reply = Result<(StatusCode, Json<Value>), ApiError>;
+
+fn unauthorized(why: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, why)
+}
+
+pub(crate) async fn bounce(
+    State(s): State<AppState>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    match provider.as_str() {
+        "postmark" => postmark(&s, &headers, &body).await,
+        "mailgun" => mailgun(&s, &body).await,
+        "sendgrid" | "ses" => Err(unauthorized(&format!(
+            "{provider} signatures cannot be verified by this version; refused"
+        ))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no bounce provider named {provider:?} (ses, postmark, sendgrid, mailgun)"),
+        )),
+    }
+}
+
+fn parse(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+}
+
+fn unprocessable(field: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{field}: {why}"))
+        .with("field", field)
+        .with("why", why.to_string())
+}
+
+/// Stores one event, once per `delivery` id (a repeat answers `{"duplicate": true}`).
+async fn apply(
+    s: &AppState,
+    provider: &str,
+    delivery: Option<String>,
+    kind: BounceKind,
+    email: &str,
+    message_id: Option<&str>,
+) -> Reply {
+    let store = &s.engine.store;
+    let now = s.engine.clock.now();
+    let email = EmailAddress::parse(email).map_err(|why| unprocessable("email", why))?;
+    if let Some(id) = &delivery
+        && !store
+            .first_delivery(id, now)
+            .await
+            .map_err(ApiError::internal)?
+    {
+        return Ok((StatusCode::OK, Json(json!({ "duplicate": true }))));
+    }
+    let out = store
+        .record_bounce(provider, kind, &email.to_string(), message_id, now)
+        .await;
+    match out {
+        Ok(out) => {
+            tracing::info!(
+                provider,
+                kind = out.kind,
+                suppressed = out.suppressed,
+                "bounce webhook"
+            );
+            Ok((StatusCode::OK, Json(json!(out))))
+        }
+        Err(e) => {
+            if let Some(id) = &delivery {
+                let _ = store.forget_delivery(id).await;
+            }
+            Err(ApiError::internal(e))
+        }
+    }
+}
+
+/// Postmark: `Authorization: Basic base64(user:password)`, the password being
+/// `bounces.webhook_secret` (any user name). Bounce and SpamComplaint records; other
+/// record types (Delivery, Open…) are ignored with 200.
+async fn postmark(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Reply {
+    let secret = s
+        .engine
+        .settings
+        .bounces
+        .webhook_secret
+        .as_ref()
+        .map(|x| x.expose().to_owned())
+        .filter(|x| !x.is_empty());
+    let password = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|up| up.split_once(':').map(|(_, p)| p.to_owned()));
+    let ok = match (&secret, &password) {
+        (Some(secret), Some(given)) => bool::from(secret.as_bytes().ct_eq(given.as_bytes())),
+        _ => false,
+    };
+    if !ok {
+        return Err(unauthorized("missing or wrong HTTP Basic credentials"));
+    }
+    let v = parse(body)?;
+    let record = v.get("RecordType").and_then(Value::as_str).unwrap_or("");
+    let kind = match record {
+        "SpamComplaint" => BounceKind::Complaint,
+        "Bounce" => match v.get("Type").and_then(Value::as_str) {
+            Some("HardBounce" | "BadEmailAddress") => BounceKind::Hard,
+            Some("SpamComplaint") => BounceKind::Complaint,
+            _ => BounceKind::Soft,
+        },
+        other => return Ok((StatusCode::OK, Json(json!({ "ignored": other })))),
+    };
+    let email = v
+        .get("Email")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unprocessable("Email", "missing"))?;
+    let delivery = match v.get("ID") {
+        Some(Value::Number(n)) => Some(format!("postmark:{record}:{n}")),
+        Some(Value::String(id)) if !id.is_empty() => Some(format!("postmark:{record}:{id}")),
+        _ => None,
+    };
+    // Postmark's MessageID is its own id, not our Message-ID header: no follow-up named.
+    apply(s, "postmark", delivery, kind, email, None).await
+}
+
+/// Mailgun (webhooks API): `{"signature": {"timestamp", "token", "signature"},
+/// "event-data": {...}}`; the signature is hex(HMAC-SHA256(signing key, timestamp +
+/// token)), its timestamp within `bounces.max_age` of now, and each token is accepted
+/// once. Events `failed` (severity `permanent` → hard, else soft) and `complained`.
+async fn mailgun(s: &AppState, body: &[u8]) -> Reply {
+    let b = &s.engine.settings.bounces;
+    let Some(key) = b
+        .mailgun_signing_key
+        .as_ref()
+        .filter(|k| !k.expose().is_empty())
+    else {
+        return Err(unauthorized(
+            "bounces.mailgun_signing_key is not configured",
+        ));
+    };
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| unauthorized("missing or wrong Mailgun signature"))?;
+    let sig = |k: &str| {
+        v.pointer(&format!("/signature/{k}"))
+            .and_then(Value::as_str)
+    };
+    let (Some(timestamp), Some(token), Some(signature)) =
+        (sig("timestamp"), sig("token"), sig("signature"))
+    else {
+        return Err(unauthorized("missing or wrong Mailgun signature"));
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()) else {
+        return Err(unauthorized("missing or wrong Mailgun signature"));
+    };
+    mac.update(timestamp.as_bytes());
+    mac.update(token.as_bytes());
+    let good = hex::decode(signature).is_ok_and(|raw| mac.verify_slice(&raw).is_ok());
+    if !good {
+        return Err(unauthorized("missing or wrong Mailgun signature"));
+    }
+    let now_s = s.engine.clock.now().0 / 1000;
+    let fresh = timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| (now_s - t).unsigned_abs() <= b.max_age.as_secs());
+    if !fresh {
+        return Err(unauthorized(&format!(
+            "Mailgun signature timestamp is not within bounces.max_age ({}s) of now",
+            b.max_age.as_secs()
+        )));
+    }
+    let e = v
+        .get("event-data")
+        .filter(|e| e.is_object())
+        .ok_or_else(|| unprocessable("event-data", "missing"))?;
+    let event = e.get("event").and_then(Value::as_str).unwrap_or("");
+    let kind = match event {
+        "complained" => BounceKind::Complaint,
+        "failed" if e.get("severity").and_then(Value::as_str) == Some("permanent") => {
+            BounceKind::Hard
+        }
+        "failed" => BounceKind::Soft,
+        other => return Ok((StatusCode::OK, Json(json!({ "ignored": other })))),
+    };
+    let email = e
+        .get("recipient")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unprocessable("event-data.recipient", "missing"))?;
+    let message_id = e
+        .pointer("/message/headers/message-id")
+        .and_then(Value::as_str);
+    apply(
+        s,
+        "mailgun",
+        Some(format!("mailgun:{token}")),
+        kind,
+        email,
+        message_id,
+    )
+    .await
+}
