@@ -922,3 +922,109 @@ async fn bounce_webhooks_postmark_and_mailgun() {
     assert_eq!(counts.get("mailgun hard_bounce"), Some(&1), "{counts:?}");
     assert_eq!(counts.get("postmark hard_bounce"), Some(&1), "{counts:?}");
 }
+
+#[tokio::test]
+async fn bounce_webhooks_sendgrid_signed_events() {
+    use base64::engine::general_purpose::STANDARD;
+    use p256::ecdsa::signature::Signer as _;
+    let key = p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+    // SubjectPublicKeyInfo DER of a P-256 key: the fixed header, then the SEC1 point.
+    let mut der = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+    der.extend_from_slice(key.verifying_key().to_encoded_point(false).as_bytes());
+    let public = STANDARD.encode(der);
+    // A key that is not one is refused at start, naming the key.
+    let env = [(
+        "AFTERCART__BOUNCES__SENDGRID_PUBLIC_KEY".to_owned(),
+        "bm90IGEga2V5".to_owned(),
+    )];
+    let err = Settings::load_with_env(None, &env).unwrap_err().to_string();
+    assert!(err.contains("bounces.sendgrid_public_key"), "{err}");
+
+    let app = app_with(&[("AFTERCART__BOUNCES__SENDGRID_PUBLIC_KEY", public.as_str())]).await;
+    // SendGrid's documented event examples (bounce, blocked bounce, spam report, open).
+    let events = json!([
+        {"email": "gone@x.example", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+         "event": "bounce", "category": "cat facts", "sg_event_id": "6g4ZI7SA-xmRDv57GoPIPw==",
+         "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0", "reason": "500 unknown recipient",
+         "status": "5.0.0", "type": "bounce"},
+        {"email": "busy@x.example", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+         "event": "bounce", "sg_event_id": "7g4ZI7SA-xmRDv57GoPIPw==", "reason": "blocked", "status": "4.0.0", "type": "blocked"},
+        {"email": "angry@x.example", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+         "event": "spamreport", "sg_event_id": "8g4ZI7SA-xmRDv57GoPIPw==", "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001"},
+        {"email": "fine@x.example", "timestamp": 1513299569, "event": "open", "sg_event_id": "9g4ZI7SA"}
+    ]);
+    let raw = serde_json::to_vec(&events).unwrap();
+    let post = |ts: String, sig: Option<String>, raw: Vec<u8>| {
+        let mut req = app
+            .http
+            .post(app.url("/webhooks/bounces/sendgrid"))
+            .header("X-Twilio-Email-Event-Webhook-Timestamp", ts)
+            .header("Content-Type", "application/json")
+            .body(raw);
+        if let Some(sig) = sig {
+            req = req.header("X-Twilio-Email-Event-Webhook-Signature", sig);
+        }
+        req.send()
+    };
+    let sign = |ts: &str, raw: &[u8]| {
+        let mut m = ts.as_bytes().to_vec();
+        m.extend_from_slice(raw);
+        let sig: p256::ecdsa::Signature = key.sign(&m);
+        STANDARD.encode(sig.to_der().as_bytes())
+    };
+    let now = (Timestamp::now().0 / 1000).to_string();
+    let r = post(now.clone(), None, raw.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Signed, then the body altered.
+    let mut altered = raw.clone();
+    altered[10] ^= 1;
+    let r = post(now.clone(), Some(sign(&now, &raw)), altered)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let old = (Timestamp::now().0 / 1000 - 3600).to_string();
+    let r = post(old.clone(), Some(sign(&old, &raw)), raw.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.suppression("gone@x.example").await, None);
+
+    let r = post(now.clone(), Some(sign(&now, &raw)), raw.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let out: Value = r.json().await.unwrap();
+    let kinds: Vec<&Value> = out["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["kind"])
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            &json!("hard_bounce"),
+            &json!("soft_bounce"),
+            &json!("complaint"),
+            &Value::Null
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        app.suppression("gone@x.example").await.as_deref(),
+        Some("hard_bounce")
+    );
+    assert_eq!(app.suppression("busy@x.example").await, None);
+    assert_eq!(
+        app.suppression("angry@x.example").await.as_deref(),
+        Some("complaint")
+    );
+    // A redelivery: each event once.
+    let r = post(now.clone(), Some(sign(&now, &raw)), raw.clone())
+        .await
+        .unwrap();
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(out["events"][0]["duplicate"], true, "{out}");
+    let counts = app.engine.store.bounce_counts().await.unwrap();
+    assert_eq!(counts.get("sendgrid soft_bounce"), Some(&1), "{counts:?}");
+}

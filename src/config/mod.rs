@@ -12,6 +12,7 @@ mod keys;
 mod raw;
 mod secret;
 
+pub(crate) use raw::sendgrid_key;
 pub use secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +255,10 @@ pub struct BounceSettings {
     pub webhook_secret: Option<Secret>,
     /// Mailgun: the HTTP webhook signing key (HMAC-SHA256 of timestamp + token).
     pub mailgun_signing_key: Option<Secret>,
-    /// Mailgun: a signature older (or further ahead) than this is refused.
+    /// SendGrid: the signed event webhook's verification key (base64 DER, as SendGrid
+    /// shows it; public, not a secret).
+    pub sendgrid_public_key: Option<String>,
+    /// Mailgun, SendGrid: a signature older (or further ahead) than this is refused.
     pub max_age: Duration,
 }
 

@@ -186,6 +186,7 @@ struct RawShopify {
 struct RawBounces {
     webhook_secret: Option<String>,
     mailgun_signing_key: Option<String>,
+    sendgrid_public_key: Option<String>,
     max_age: String,
 }
 
@@ -194,6 +195,7 @@ impl Default for RawBounces {
         RawBounces {
             webhook_secret: None,
             mailgun_signing_key: None,
+            sendgrid_public_key: None,
             max_age: "15m".into(),
         }
     }
@@ -780,10 +782,34 @@ pub(super) fn parse(
                 .mailgun_signing_key
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
+            sendgrid_public_key: match raw
+                .bounces
+                .sendgrid_public_key
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+            {
+                Some(k) => Some(
+                    sendgrid_key(&k)
+                        .map(|_| k)
+                        .map_err(|why| origins.err("bounces.sendgrid_public_key", why))?,
+                ),
+                None => None,
+            },
             max_age: d("bounces.max_age", &raw.bounces.max_age)?,
         },
         attribution,
         campaigns,
         templates_dir,
     })
+}
+
+/// SendGrid's verification key as SendGrid shows it: base64 of a DER public key (P-256).
+pub(crate) fn sendgrid_key(b64: &str) -> Result<p256::ecdsa::VerifyingKey, String> {
+    use base64::Engine as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("is not base64 ({e}); paste the key SendGrid shows"))?;
+    p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+        .map_err(|e| format!("is not a P-256 public key in DER ({e})"))
 }

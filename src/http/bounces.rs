@@ -5,10 +5,11 @@
 //!
 //! Authentication, per provider: Postmark by HTTP Basic auth (password
 //! `bounces.webhook_secret`), Mailgun by its signature (HMAC-SHA256 of timestamp and
-//! token with `bounces.mailgun_signing_key`, not older than `bounces.max_age`). SendGrid
-//! (ECDSA signed event webhook) and Amazon SES (SNS message signatures) are not verified
-//! yet, so they are refused (401) rather than trusted. Missing or wrong → 401, before
-//! the body is parsed.
+//! token with `bounces.mailgun_signing_key`, not older than `bounces.max_age`), SendGrid
+//! by its signed event webhook (ECDSA P-256 over timestamp + body, key
+//! `bounces.sendgrid_public_key`). Amazon SES (SNS message signatures) is not verified
+//! yet, so it is refused (401) rather than trusted. Missing or wrong → 401, before the
+//! body is parsed.
 
 use super::{ApiError, AppState};
 use crate::domain::EmailAddress;
@@ -38,7 +39,8 @@ pub(crate) async fn bounce(
     match provider.as_str() {
         "postmark" => postmark(&s, &headers, &body).await,
         "mailgun" => mailgun(&s, &body).await,
-        "sendgrid" | "ses" => Err(unauthorized(&format!(
+        "sendgrid" => sendgrid(&s, &headers, &body).await,
+        "ses" => Err(unauthorized(&format!(
             "{provider} signatures cannot be verified by this version; refused"
         ))),
         _ => Err(ApiError::new(
@@ -232,4 +234,79 @@ async fn mailgun(s: &AppState, body: &[u8]) -> Reply {
         message_id,
     )
     .await
+}
+
+/// SendGrid's signed event webhook: `X-Twilio-Email-Event-Webhook-Signature` (base64 DER
+/// ECDSA signature) over `X-Twilio-Email-Event-Webhook-Timestamp` + the raw body, with the
+/// P-256 key `bounces.sendgrid_public_key`; the timestamp within `bounces.max_age`. The
+/// body is an array of events: `bounce` (`type: "blocked"` → soft, else hard),
+/// `deferred` → soft, `spamreport` → complaint; others ignored. `smtp-id` is our
+/// Message-ID; each `sg_event_id` is accepted once.
+async fn sendgrid(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Reply {
+    use p256::ecdsa::signature::Verifier as _;
+    let b = &s.engine.settings.bounces;
+    let refused = || unauthorized("missing or wrong SendGrid signature");
+    let Some(key) = b.sendgrid_public_key.as_deref() else {
+        return Err(unauthorized(
+            "bounces.sendgrid_public_key is not configured",
+        ));
+    };
+    let key = crate::config::sendgrid_key(key).map_err(|_| refused())?;
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let (Some(sig), Some(ts)) = (
+        header("x-twilio-email-event-webhook-signature"),
+        header("x-twilio-email-event-webhook-timestamp"),
+    ) else {
+        return Err(refused());
+    };
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig.trim())
+        .ok()
+        .and_then(|der| p256::ecdsa::Signature::from_der(&der).ok())
+        .ok_or_else(refused)?;
+    let mut signed = ts.as_bytes().to_vec();
+    signed.extend_from_slice(body);
+    key.verify(&signed, &sig).map_err(|_| refused())?;
+    let now_s = s.engine.clock.now().0 / 1000;
+    if !ts
+        .parse::<i64>()
+        .is_ok_and(|t| (now_s - t).unsigned_abs() <= b.max_age.as_secs())
+    {
+        return Err(unauthorized(&format!(
+            "SendGrid signature timestamp is not within bounces.max_age ({}s) of now",
+            b.max_age.as_secs()
+        )));
+    }
+    let v = parse(body)?;
+    let Value::Array(events) = v else {
+        return Err(unprocessable("(body)", "expected an array of events"));
+    };
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let event = e.get("event").and_then(Value::as_str).unwrap_or("");
+        let kind = match event {
+            "spamreport" => BounceKind::Complaint,
+            "deferred" => BounceKind::Soft,
+            "bounce" if e.get("type").and_then(Value::as_str) == Some("blocked") => {
+                BounceKind::Soft
+            }
+            "bounce" => BounceKind::Hard,
+            other => {
+                out.push(json!({ "ignored": other }));
+                continue;
+            }
+        };
+        let email = e
+            .get("email")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unprocessable(&format!("[{i}].email"), "missing"))?;
+        let delivery = e
+            .get("sg_event_id")
+            .and_then(Value::as_str)
+            .map(|id| format!("sendgrid:{id}"));
+        let message_id = e.get("smtp-id").and_then(Value::as_str);
+        let (_, Json(one)) = apply(s, "sendgrid", delivery, kind, email, message_id).await?;
+        out.push(one);
+    }
+    Ok((StatusCode::OK, Json(json!({ "events": out }))))
 }
