@@ -1028,3 +1028,102 @@ async fn bounce_webhooks_sendgrid_signed_events() {
     let counts = app.engine.store.bounce_counts().await.unwrap();
     assert_eq!(counts.get("sendgrid soft_bounce"), Some(&1), "{counts:?}");
 }
+
+/// An SNS notification carrying SES's documented bounce example.
+fn ses_notification(id: &str, bounce_type: &str, email: &str) -> Value {
+    let message = json!({
+        "notificationType": "Bounce",
+        "bounce": {"bounceType": bounce_type, "reportingMTA": "dns; email.example.com",
+                   "bouncedRecipients": [{"emailAddress": email, "status": "5.1.1", "action": "failed",
+                                          "diagnosticCode": "smtp; 550 5.1.1 <jane@example.com>... User"}],
+                   "bounceSubType": "General", "timestamp": "2016-01-27T14:59:44.101Z",
+                   "feedbackId": "00000138111222aa-44455566-cccc-cccc-cccc-ddddaaaa068a-000000"},
+        "mail": {"timestamp": "2016-01-27T14:59:38.237Z", "messageId": "00000138111222aa-33322211-cccc-cccc-cccc-ddddaaaa0680-000000",
+                 "source": "john@example.com", "sourceArn": "arn:aws:ses:us-east-1:888888888888:identity/example.com",
+                 "sendingAccountId": "123456789012", "destination": [email],
+                 "headersTruncated": false, "headers": [{"name": "Message-ID", "value": "<abc@example.com>"}],
+                 "commonHeaders": {"from": ["John Doe <john@example.com>"], "to": [email],
+                                   "messageId": "<abc@example.com>", "subject": "Hello"}}
+    });
+    json!({
+        "Type": "Notification", "MessageId": id,
+        "TopicArn": "arn:aws:sns:us-west-2:123456789012:MyTopic", "Subject": "Amazon SES Email Event Notification",
+        "Message": message.to_string(), "Timestamp": "2012-04-26T20:45:04.751Z", "SignatureVersion": "1",
+        "Signature": "EXAMPLEpH+DcEwjAPg8O9mY8dReBSwksfg2S7WKQcikcNKWLQjwu6A4VbeS0QHVCkhRS7fUQvi2egU3N858fiTDN6bkkOxYDVrY0Ad8L10Hs3zH81mtnPk5uvvolIC1CXGu43obcgFxeL3khZl8IKvO61GWB6jI9b5+gLPoBc1Q=",
+        "SigningCertURL": "https://sns.us-west-2.amazonaws.com/SimpleNotificationService-f3ecfb7224c7233fe7bb5f59f96de52f.pem",
+        "UnsubscribeURL": "https://sns.us-west-2.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=arn:aws:sns:us-west-2:123456789012:MyTopic:c9135db0-26c4-47ec-8998-413945fb5a96"
+    })
+}
+
+#[tokio::test]
+async fn bounce_webhooks_ses_when_explicitly_allowed() {
+    let app = app_with(&[("AFTERCART__BOUNCES__SES_ALLOW_UNVERIFIED", "true")]).await;
+    // The subscription handshake: answered 200 with the URL to open.
+    let confirm = json!({
+        "Type": "SubscriptionConfirmation", "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1b",
+        "Token": "2336412f37f", "TopicArn": "arn:aws:sns:us-west-2:123456789012:MyTopic",
+        "Message": "You have chosen to subscribe to the topic arn:aws:sns:us-west-2:123456789012:MyTopic.",
+        "SubscribeURL": "https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:us-west-2:123456789012:MyTopic&Token=2336412f37f",
+        "Timestamp": "2012-04-26T20:45:04.751Z", "SignatureVersion": "1", "Signature": "EXAMPLE",
+        "SigningCertURL": "https://sns.us-west-2.amazonaws.com/SimpleNotificationService-f3ecfb7224c7233fe7bb5f59f96de52f.pem"
+    });
+    let (st, out) = app.bounce("ses", &confirm, None).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert!(
+        out["subscribe_url"]
+            .as_str()
+            .unwrap()
+            .contains("ConfirmSubscription")
+    );
+
+    let (st, out) = app
+        .bounce(
+            "ses",
+            &ses_notification("m1", "Permanent", "gone@x.example"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(out["recipients"][0]["kind"], "hard_bounce");
+    assert_eq!(
+        app.suppression("gone@x.example").await.as_deref(),
+        Some("hard_bounce")
+    );
+    let (st, out) = app
+        .bounce(
+            "ses",
+            &ses_notification("m1", "Permanent", "gone@x.example"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, &out["recipients"][0]["duplicate"]),
+        (StatusCode::OK, &json!(true))
+    );
+    let (st, out) = app
+        .bounce(
+            "ses",
+            &ses_notification("m2", "Transient", "full@x.example"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, &out["recipients"][0]["kind"]),
+        (StatusCode::OK, &json!("soft_bounce")),
+        "{out}"
+    );
+    assert_eq!(app.suppression("full@x.example").await, None);
+
+    let complaint = json!({"notificationType": "Complaint",
+        "complaint": {"userAgent": "AnyCompany Feedback Loop (V0.01)", "complainedRecipients": [{"emailAddress": "angry@x.example"}],
+                      "complaintFeedbackType": "abuse", "timestamp": "2016-01-27T14:59:38.237Z", "feedbackId": "000001378603177f"},
+        "mail": {"messageId": "000001378603177f-7a5433e7", "commonHeaders": {"messageId": "<abc@example.com>"}}});
+    let mut n = ses_notification("m3", "Permanent", "x@x.example");
+    n["Message"] = json!(complaint.to_string());
+    let (st, out) = app.bounce("ses", &n, None).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(
+        app.suppression("angry@x.example").await.as_deref(),
+        Some("complaint")
+    );
+}

@@ -187,6 +187,7 @@ struct RawBounces {
     webhook_secret: Option<String>,
     mailgun_signing_key: Option<String>,
     sendgrid_public_key: Option<String>,
+    ses_allow_unverified: bool,
     max_age: String,
 }
 
@@ -196,6 +197,7 @@ impl Default for RawBounces {
             webhook_secret: None,
             mailgun_signing_key: None,
             sendgrid_public_key: None,
+            ses_allow_unverified: false,
             max_age: "15m".into(),
         }
     }
@@ -795,6 +797,7 @@ pub(super) fn parse(
                 ),
                 None => None,
             },
+            ses_allow_unverified: raw.bounces.ses_allow_unverified,
             max_age: d("bounces.max_age", &raw.bounces.max_age)?,
         },
         attribution,

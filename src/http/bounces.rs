@@ -7,9 +7,9 @@
 //! `bounces.webhook_secret`), Mailgun by its signature (HMAC-SHA256 of timestamp and
 //! token with `bounces.mailgun_signing_key`, not older than `bounces.max_age`), SendGrid
 //! by its signed event webhook (ECDSA P-256 over timestamp + body, key
-//! `bounces.sendgrid_public_key`). Amazon SES (SNS message signatures) is not verified
-//! yet, so it is refused (401) rather than trusted. Missing or wrong → 401, before the
-//! body is parsed.
+//! `bounces.sendgrid_public_key`). Amazon SES (SNS message signatures) cannot be
+//! verified by this version, so it is refused (401) unless `bounces.ses_allow_unverified`
+//! says to trust the network path. Missing or wrong → 401, before the body is parsed.
 
 use super::{ApiError, AppState};
 use crate::domain::EmailAddress;
@@ -40,9 +40,7 @@ pub(crate) async fn bounce(
         "postmark" => postmark(&s, &headers, &body).await,
         "mailgun" => mailgun(&s, &body).await,
         "sendgrid" => sendgrid(&s, &headers, &body).await,
-        "ses" => Err(unauthorized(&format!(
-            "{provider} signatures cannot be verified by this version; refused"
-        ))),
+        "ses" => ses(&s, &body).await,
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no bounce provider named {provider:?} (ses, postmark, sendgrid, mailgun)"),
@@ -309,4 +307,88 @@ async fn sendgrid(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Reply {
         out.push(one);
     }
     Ok((StatusCode::OK, Json(json!({ "events": out }))))
+}
+
+/// Amazon SES through SNS. SNS signs its messages with a certificate this version does
+/// not check, so SES is refused (401) unless `bounces.ses_allow_unverified = true`.
+/// `SubscriptionConfirmation`: the `SubscribeURL` is logged (WARN) for the operator to
+/// open, once, and answered 200. `Notification`: `Message` is SES's JSON; `Bounce` with
+/// `bounceType: "Permanent"` → hard for each `bouncedRecipients[].emailAddress`, other
+/// bounce types → soft; `Complaint` → complaint for each `complainedRecipients[]`;
+/// `mail.commonHeaders.messageId` names the follow-up; each SNS `MessageId` once.
+async fn ses(s: &AppState, body: &[u8]) -> Reply {
+    if !s.engine.settings.bounces.ses_allow_unverified {
+        return Err(unauthorized(
+            "SNS signatures cannot be verified by this version; set bounces.ses_allow_unverified to accept SES notifications",
+        ));
+    }
+    let v = parse(body)?;
+    let field = |k: &str| v.get(k).and_then(Value::as_str);
+    match field("Type") {
+        Some("SubscriptionConfirmation") => {
+            let url =
+                field("SubscribeURL").ok_or_else(|| unprocessable("SubscribeURL", "missing"))?;
+            tracing::warn!(
+                topic = field("TopicArn").unwrap_or(""),
+                subscribe_url = url,
+                "SNS subscription to confirm: open the SubscribeURL once"
+            );
+            return Ok((
+                StatusCode::OK,
+                Json(json!({"subscription": "pending", "subscribe_url": url})),
+            ));
+        }
+        Some("Notification") => {}
+        other => return Ok((StatusCode::OK, Json(json!({ "ignored": other })))),
+    }
+    let sns_id = field("MessageId").map(str::to_owned);
+    let message: Value = field("Message")
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(|| unprocessable("Message", "missing or not SES's JSON"))?;
+    let what = message
+        .get("notificationType")
+        .or_else(|| message.get("eventType"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let (kind, list) = match what {
+        "Bounce" => {
+            let hard = message
+                .pointer("/bounce/bounceType")
+                .and_then(Value::as_str)
+                == Some("Permanent");
+            let kind = if hard {
+                BounceKind::Hard
+            } else {
+                BounceKind::Soft
+            };
+            (kind, "/bounce/bouncedRecipients")
+        }
+        "Complaint" => (BounceKind::Complaint, "/complaint/complainedRecipients"),
+        other => return Ok((StatusCode::OK, Json(json!({ "ignored": other })))),
+    };
+    let message_id = message
+        .pointer("/mail/commonHeaders/messageId")
+        .and_then(Value::as_str);
+    let recipients: Vec<&str> = message
+        .pointer(list)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.get("emailAddress").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if recipients.is_empty() {
+        return Err(unprocessable(
+            &format!("Message{}", list.replace('/', ".")),
+            "no recipients",
+        ));
+    }
+    let mut out = Vec::with_capacity(recipients.len());
+    for (i, email) in recipients.iter().enumerate() {
+        let delivery = sns_id.as_ref().map(|id| format!("ses:{id}:{i}"));
+        let (_, Json(one)) = apply(s, "ses", delivery, kind, email, message_id).await?;
+        out.push(one);
+    }
+    Ok((StatusCode::OK, Json(json!({ "recipients": out }))))
 }
