@@ -15,6 +15,7 @@ use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::path::Path;
 
 const TOKEN: &str = "t0ken";
 const SHOPIFY_SECRET: &str = "s3cret";
@@ -1125,5 +1126,121 @@ async fn bounce_webhooks_ses_when_explicitly_allowed() {
     assert_eq!(
         app.suppression("angry@x.example").await.as_deref(),
         Some("complaint")
+    );
+}
+
+/// Signs an SNS message as SNS does (canonical string, RSA PKCS#1 v1.5), with openssl.
+fn sns_sign(msg: &mut Value, key: &Path, version: &str) {
+    let keys: &[&str] = if msg["Type"] == "Notification" {
+        &[
+            "Message",
+            "MessageId",
+            "Subject",
+            "Timestamp",
+            "TopicArn",
+            "Type",
+        ]
+    } else {
+        &[
+            "Message",
+            "MessageId",
+            "SubscribeURL",
+            "Timestamp",
+            "Token",
+            "TopicArn",
+            "Type",
+        ]
+    };
+    let mut canonical = String::new();
+    for k in keys {
+        if let Some(v) = msg[*k].as_str() {
+            canonical.push_str(&format!("{k}\n{v}\n"));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, canonical).unwrap();
+    let digest = if version == "1" { "-sha1" } else { "-sha256" };
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", digest, "-sign"])
+        .arg(key)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    msg["SignatureVersion"] = json!(version);
+    msg["Signature"] = json!(base64::engine::general_purpose::STANDARD.encode(out.stdout));
+}
+
+#[tokio::test]
+async fn bounce_webhooks_ses_signatures_verified_with_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sns.test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A file that is no certificate is refused at start, naming the key.
+    let env = [(
+        "AFTERCART__BOUNCES__SES_CERTIFICATE".to_owned(),
+        key.display().to_string(),
+    )];
+    let err = Settings::load_with_env(None, &env).unwrap_err().to_string();
+    assert!(err.contains("bounces.ses_certificate"), "{err}");
+
+    let cert_path = cert.display().to_string();
+    let app = app_with(&[("AFTERCART__BOUNCES__SES_CERTIFICATE", cert_path.as_str())]).await;
+    let mut n = ses_notification("s1", "Permanent", "gone@x.example");
+    // AWS's example signature is not ours: refused.
+    let (st, _) = app.bounce("ses", &n, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    sns_sign(&mut n, &key, "2");
+    let mut altered = n.clone();
+    altered["Message"] = json!(
+        altered["Message"]
+            .as_str()
+            .unwrap()
+            .replace("gone@", "other@")
+    );
+    let (st, _) = app.bounce("ses", &altered, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.suppression("other@x.example").await, None);
+    let (st, out) = app.bounce("ses", &n, None).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(
+        app.suppression("gone@x.example").await.as_deref(),
+        Some("hard_bounce")
+    );
+    // SignatureVersion 1 (SHA-1) too.
+    let mut n1 = ses_notification("s2", "Permanent", "gone1@x.example");
+    sns_sign(&mut n1, &key, "1");
+    let (st, out) = app.bounce("ses", &n1, None).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(
+        app.suppression("gone1@x.example").await.as_deref(),
+        Some("hard_bounce")
     );
 }

@@ -258,8 +258,11 @@ pub struct BounceSettings {
     /// SendGrid: the signed event webhook's verification key (base64 DER, as SendGrid
     /// shows it; public, not a secret).
     pub sendgrid_public_key: Option<String>,
-    /// Amazon SES (SNS): accept notifications whose signature is not verified (this
-    /// version cannot verify SNS signatures); off by default, so SES is refused.
+    /// Amazon SES (SNS): the public key of the SNS signing certificate
+    /// (`bounces.ses_certificate`, a PEM file), to verify every message's signature.
+    pub ses_key: Option<rsa::RsaPublicKey>,
+    /// Amazon SES (SNS): without a certificate, accept notifications whose signature is
+    /// not verified; off by default, so SES is then refused.
     pub ses_allow_unverified: bool,
     /// Mailgun, SendGrid: a signature older (or further ahead) than this is refused.
     pub max_age: Duration,

@@ -187,6 +187,7 @@ struct RawBounces {
     webhook_secret: Option<String>,
     mailgun_signing_key: Option<String>,
     sendgrid_public_key: Option<String>,
+    ses_certificate: Option<String>,
     ses_allow_unverified: bool,
     max_age: String,
 }
@@ -197,6 +198,7 @@ impl Default for RawBounces {
             webhook_secret: None,
             mailgun_signing_key: None,
             sendgrid_public_key: None,
+            ses_certificate: None,
             ses_allow_unverified: false,
             max_age: "15m".into(),
         }
@@ -797,6 +799,13 @@ pub(super) fn parse(
                 ),
                 None => None,
             },
+            ses_key: match raw.bounces.ses_certificate.as_deref().map(str::trim) {
+                Some(path) if !path.is_empty() => Some(
+                    ses_certificate_key(std::path::Path::new(path))
+                        .map_err(|why| origins.err("bounces.ses_certificate", why))?,
+                ),
+                _ => None,
+            },
             ses_allow_unverified: raw.bounces.ses_allow_unverified,
             max_age: d("bounces.max_age", &raw.bounces.max_age)?,
         },
@@ -815,4 +824,20 @@ pub(crate) fn sendgrid_key(b64: &str) -> Result<p256::ecdsa::VerifyingKey, Strin
         .map_err(|e| format!("is not base64 ({e}); paste the key SendGrid shows"))?;
     p256::ecdsa::VerifyingKey::from_public_key_der(&der)
         .map_err(|e| format!("is not a P-256 public key in DER ({e})"))
+}
+
+/// The RSA public key of an X.509 certificate in a PEM file (the SNS signing certificate).
+fn ses_certificate_key(path: &std::path::Path) -> Result<rsa::RsaPublicKey, String> {
+    use rsa::pkcs8::DecodePublicKey as _;
+    use x509_cert::der::{DecodePem as _, Encode as _};
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let cert = x509_cert::Certificate::from_pem(&pem)
+        .map_err(|e| format!("{} is not a PEM X.509 certificate ({e})", path.display()))?;
+    let der = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    rsa::RsaPublicKey::from_public_key_der(&der)
+        .map_err(|e| format!("{}: the certificate's key is not RSA ({e})", path.display()))
 }

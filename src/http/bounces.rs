@@ -7,9 +7,9 @@
 //! `bounces.webhook_secret`), Mailgun by its signature (HMAC-SHA256 of timestamp and
 //! token with `bounces.mailgun_signing_key`, not older than `bounces.max_age`), SendGrid
 //! by its signed event webhook (ECDSA P-256 over timestamp + body, key
-//! `bounces.sendgrid_public_key`). Amazon SES (SNS message signatures) cannot be
-//! verified by this version, so it is refused (401) unless `bounces.ses_allow_unverified`
-//! says to trust the network path. Missing or wrong → 401, before the body is parsed.
+//! `bounces.sendgrid_public_key`), Amazon SES by SNS's message signature (RSA, key of the
+//! certificate `bounces.ses_certificate`; without one refused unless
+//! `bounces.ses_allow_unverified`). Missing or wrong → 401.
 
 use super::{ApiError, AppState};
 use crate::domain::EmailAddress;
@@ -309,20 +309,32 @@ async fn sendgrid(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Reply {
     Ok((StatusCode::OK, Json(json!({ "events": out }))))
 }
 
-/// Amazon SES through SNS. SNS signs its messages with a certificate this version does
-/// not check, so SES is refused (401) unless `bounces.ses_allow_unverified = true`.
+/// Amazon SES through SNS. Each message's signature is verified with the key of the
+/// configured SNS signing certificate (`bounces.ses_certificate`); without one SES is
+/// refused (401) unless `bounces.ses_allow_unverified = true`.
 /// `SubscriptionConfirmation`: the `SubscribeURL` is logged (WARN) for the operator to
 /// open, once, and answered 200. `Notification`: `Message` is SES's JSON; `Bounce` with
 /// `bounceType: "Permanent"` → hard for each `bouncedRecipients[].emailAddress`, other
 /// bounce types → soft; `Complaint` → complaint for each `complainedRecipients[]`;
 /// `mail.commonHeaders.messageId` names the follow-up; each SNS `MessageId` once.
 async fn ses(s: &AppState, body: &[u8]) -> Reply {
-    if !s.engine.settings.bounces.ses_allow_unverified {
-        return Err(unauthorized(
-            "SNS signatures cannot be verified by this version; set bounces.ses_allow_unverified to accept SES notifications",
-        ));
-    }
-    let v = parse(body)?;
+    let b = &s.engine.settings.bounces;
+    let v = match (&b.ses_key, b.ses_allow_unverified) {
+        (Some(key), _) => {
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|_| unauthorized("missing or wrong SNS signature"))?;
+            if !sns_signature_ok(&v, key) {
+                return Err(unauthorized("missing or wrong SNS signature"));
+            }
+            v
+        }
+        (None, true) => parse(body)?,
+        (None, false) => {
+            return Err(unauthorized(
+                "no bounces.ses_certificate to verify SNS signatures (and bounces.ses_allow_unverified is off)",
+            ));
+        }
+    };
     let field = |k: &str| v.get(k).and_then(Value::as_str);
     match field("Type") {
         Some("SubscriptionConfirmation") => {
@@ -391,4 +403,67 @@ async fn ses(s: &AppState, body: &[u8]) -> Reply {
         out.push(one);
     }
     Ok((StatusCode::OK, Json(json!({ "recipients": out }))))
+}
+
+/// SNS's signature: base64 RSA PKCS#1 v1.5 over the message's canonical string (SHA-1 for
+/// `SignatureVersion` "1", SHA-256 for "2").
+fn sns_signature_ok(v: &Value, key: &rsa::RsaPublicKey) -> bool {
+    use sha2::Digest as _;
+    let field = |k: &str| v.get(k).and_then(Value::as_str);
+    let keys: &[&str] = match field("Type") {
+        Some("Notification") => &[
+            "Message",
+            "MessageId",
+            "Subject",
+            "Timestamp",
+            "TopicArn",
+            "Type",
+        ],
+        Some("SubscriptionConfirmation" | "UnsubscribeConfirmation") => &[
+            "Message",
+            "MessageId",
+            "SubscribeURL",
+            "Timestamp",
+            "Token",
+            "TopicArn",
+            "Type",
+        ],
+        _ => return false,
+    };
+    let mut canonical = String::new();
+    for k in keys {
+        match field(k) {
+            Some(value) => {
+                canonical.push_str(k);
+                canonical.push('\n');
+                canonical.push_str(value);
+                canonical.push('\n');
+            }
+            // Only a notification's Subject is optional.
+            None if *k == "Subject" => {}
+            None => return false,
+        }
+    }
+    let Some(sig) =
+        field("Signature").and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    else {
+        return false;
+    };
+    match field("SignatureVersion") {
+        Some("1") => key
+            .verify(
+                rsa::Pkcs1v15Sign::new::<sha1::Sha1>(),
+                &sha1::Sha1::digest(canonical.as_bytes()),
+                &sig,
+            )
+            .is_ok(),
+        Some("2") => key
+            .verify(
+                rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+                &sha2::Sha256::digest(canonical.as_bytes()),
+                &sig,
+            )
+            .is_ok(),
+        _ => false,
+    }
 }
