@@ -120,13 +120,23 @@ impl Batch {
         self.len() == 0
     }
 
-    /// Parses one JSON value of this batch's kind and keeps it.
+    /// Parses one JSON value of this batch's kind and keeps it; the first error if not.
     pub fn push(&mut self, v: &Value, ctx: &ParseContext) -> Result<(), FieldError> {
+        self.push_all(v, ctx).map_err(|e| {
+            e.into_iter()
+                .next()
+                .unwrap_or_else(|| FieldError::line("invalid"))
+        })
+    }
+
+    /// Parses one JSON value of this batch's kind and keeps it; every error if not (type
+    /// and format errors first, then referential ones).
+    pub fn push_all(&mut self, v: &Value, ctx: &ParseContext) -> Result<(), Vec<FieldError>> {
         match self {
-            Batch::Products(b) => b.push(Product::from_json(v)?),
-            Batch::Customers(b) => b.push(Customer::from_json(v)?),
-            Batch::Orders(b) => b.push(Order::from_json(v, |p| ctx.product_ids.contains(p))?),
-            Batch::Events(b) => b.push(Event::from_json(v)?),
+            Batch::Products(b) => b.push(Product::from_json_all(v)?),
+            Batch::Customers(b) => b.push(Customer::from_json_all(v)?),
+            Batch::Orders(b) => b.push(Order::from_json_all(v, |p| ctx.product_ids.contains(p))?),
+            Batch::Events(b) => b.push(Event::from_json_all(v)?),
         }
         Ok(())
     }

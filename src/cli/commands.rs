@@ -79,6 +79,8 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             json,
             html,
         } => report(&s, campaign.as_deref(), &since, json, html.as_deref(), io).await,
+        Command::Forget { who, json } => super::privacy::forget(&s, &who, json, io).await,
+        Command::ExportCustomer { who } => super::privacy::export(&s, &who, io).await,
         Command::Followups(args) => {
             let store = open_store(&s).await?;
             if let Some(FollowupsCommand::Retry { order, state }) = args.command {
@@ -457,7 +459,8 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
     let relay = if paused.is_empty() { "ok" } else { "paused" };
     if json {
         let doc = serde_json::json!({
-            "followups": r.followups, "skipped_by_reason": r.skipped_by_reason, "sent_last_24h": r.sent_last_24h,
+            "followups": r.followups, "skipped_by_reason": r.skipped_by_reason,
+            "failed_by_reply": r.failed_by_reply, "bounces": r.bounces, "sent_last_24h": r.sent_last_24h,
             "next_due": r.next_due, "workers": r.workers, "template_errors": r.template_errors,
             "relay": relay,
         });
@@ -472,6 +475,18 @@ async fn status(s: &Settings, json: bool, io: &mut Io<'_>) -> Result<(), CliErro
         writeln!(io.out, "skipped by reason:")?;
         for (reason, n) in &r.skipped_by_reason {
             writeln!(io.out, "  {reason:<22} {n}")?;
+        }
+    }
+    if !r.failed_by_reply.is_empty() {
+        writeln!(io.out, "failed by reply:")?;
+        for (reply, n) in &r.failed_by_reply {
+            writeln!(io.out, "  {n:>6}  {reply}")?;
+        }
+    }
+    if !r.bounces.is_empty() {
+        writeln!(io.out, "bounce webhooks:")?;
+        for (what, n) in &r.bounces {
+            writeln!(io.out, "  {n:>6}  {what}")?;
         }
     }
     writeln!(io.out, "sent in the last 24 h: {}", r.sent_last_24h)?;

@@ -4,6 +4,7 @@
 
 mod commands;
 mod demo;
+mod privacy;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -113,6 +114,20 @@ pub enum Command {
         /// Also write the HTML page (SVG charts, no scripts) to this file.
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
+    },
+    /// Erases a customer's personal data (email, name, events); the ledger keeps its keys.
+    Forget {
+        /// A customer id or an email address (every customer with it).
+        #[arg(value_name = "CUSTOMER_ID|EMAIL")]
+        who: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything stored about a customer, as one JSON document.
+    ExportCustomer {
+        /// A customer id or an email address (every customer with it).
+        #[arg(value_name = "CUSTOMER_ID|EMAIL")]
+        who: String,
     },
     /// Runs the whole flow on a sample store with time compressed; emails go to outbox/.
     Demo,

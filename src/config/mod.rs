@@ -12,6 +12,7 @@ mod keys;
 mod raw;
 mod secret;
 
+pub(crate) use raw::sendgrid_key;
 pub use secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,7 @@ pub struct Settings {
     pub limits: Limits,
     pub unsubscribe: UnsubscribeSettings,
     pub shopify: ShopifySettings,
+    pub bounces: BounceSettings,
     pub attribution: AttributionSettings,
     pub campaigns: Vec<Campaign>,
     /// The templates folder (`templates/` beside the config file by default).
@@ -249,6 +251,26 @@ impl ShopifySettings {
     pub fn webhook_secret(&self) -> Option<&str> {
         self.webhook_secret.as_ref().map(Secret::expose)
     }
+}
+
+/// `[bounces]`: the providers' bounce and complaint webhooks (`/webhooks/bounces/*`).
+#[derive(Debug, Clone, Default)]
+pub struct BounceSettings {
+    /// Postmark: the HTTP Basic password of the webhook URL.
+    pub webhook_secret: Option<Secret>,
+    /// Mailgun: the HTTP webhook signing key (HMAC-SHA256 of timestamp + token).
+    pub mailgun_signing_key: Option<Secret>,
+    /// SendGrid: the signed event webhook's verification key (base64 DER, as SendGrid
+    /// shows it; public, not a secret).
+    pub sendgrid_public_key: Option<String>,
+    /// Amazon SES (SNS): the public key of the SNS signing certificate
+    /// (`bounces.ses_certificate`, a PEM file), to verify every message's signature.
+    pub ses_key: Option<rsa::RsaPublicKey>,
+    /// Amazon SES (SNS): without a certificate, accept notifications whose signature is
+    /// not verified; off by default, so SES is then refused.
+    pub ses_allow_unverified: bool,
+    /// Mailgun, SendGrid: a signature older (or further ahead) than this is refused.
+    pub max_age: Duration,
 }
 
 /// `[attribution]`: how the report credits orders to emails (see `measure`).

@@ -2,8 +2,8 @@
 
 use super::keys::{self, Kind};
 use super::{
-    Campaign, CapPolicy, ConfigError, DatabaseSettings, HttpSettings, Limits, PreviousKey,
-    QuietHours, Secret, Settings, ShopifySettings, SmtpSettings, StoreSettings,
+    BounceSettings, Campaign, CapPolicy, ConfigError, DatabaseSettings, HttpSettings, Limits,
+    PreviousKey, QuietHours, Secret, Settings, ShopifySettings, SmtpSettings, StoreSettings,
     UnsubscribeSettings, WorkerSettings,
 };
 use crate::domain::{CampaignName, HoldoutShare, Strategy, Trigger, parse_duration, parse_rfc3339};
@@ -28,6 +28,8 @@ struct Raw {
     unsubscribe: RawUnsubscribe,
     #[serde(default)]
     shopify: RawShopify,
+    #[serde(default)]
+    bounces: RawBounces,
     #[serde(default)]
     templates: RawTemplates,
     #[serde(default)]
@@ -183,6 +185,30 @@ struct RawShopify {
     webhook_secret: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBounces {
+    webhook_secret: Option<String>,
+    mailgun_signing_key: Option<String>,
+    sendgrid_public_key: Option<String>,
+    ses_certificate: Option<String>,
+    ses_allow_unverified: bool,
+    max_age: String,
+}
+
+impl Default for RawBounces {
+    fn default() -> Self {
+        RawBounces {
+            webhook_secret: None,
+            mailgun_signing_key: None,
+            sendgrid_public_key: None,
+            ses_certificate: None,
+            ses_allow_unverified: false,
+            max_age: "15m".into(),
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTemplates {
@@ -290,6 +316,8 @@ pub(super) const SECRET_KEYS: &[&str] = &[
     "http.api_token",
     "http.metrics_token",
     "shopify.webhook_secret",
+    "bounces.webhook_secret",
+    "bounces.mailgun_signing_key",
     "unsubscribe.secret",
     "unsubscribe.previous_secret",
 ];
@@ -756,8 +784,69 @@ pub(super) fn parse(
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
         },
+        bounces: BounceSettings {
+            webhook_secret: raw
+                .bounces
+                .webhook_secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            mailgun_signing_key: raw
+                .bounces
+                .mailgun_signing_key
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            sendgrid_public_key: match raw
+                .bounces
+                .sendgrid_public_key
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+            {
+                Some(k) => Some(
+                    sendgrid_key(&k)
+                        .map(|_| k)
+                        .map_err(|why| origins.err("bounces.sendgrid_public_key", why))?,
+                ),
+                None => None,
+            },
+            ses_key: match raw.bounces.ses_certificate.as_deref().map(str::trim) {
+                Some(path) if !path.is_empty() => Some(
+                    ses_certificate_key(std::path::Path::new(path))
+                        .map_err(|why| origins.err("bounces.ses_certificate", why))?,
+                ),
+                _ => None,
+            },
+            ses_allow_unverified: raw.bounces.ses_allow_unverified,
+            max_age: d("bounces.max_age", &raw.bounces.max_age)?,
+        },
         attribution,
         campaigns,
         templates_dir,
     })
+}
+
+/// SendGrid's verification key as SendGrid shows it: base64 of a DER public key (P-256).
+pub(crate) fn sendgrid_key(b64: &str) -> Result<p256::ecdsa::VerifyingKey, String> {
+    use base64::Engine as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("is not base64 ({e}); paste the key SendGrid shows"))?;
+    p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+        .map_err(|e| format!("is not a P-256 public key in DER ({e})"))
+}
+
+/// The RSA public key of an X.509 certificate in a PEM file (the SNS signing certificate).
+fn ses_certificate_key(path: &std::path::Path) -> Result<rsa::RsaPublicKey, String> {
+    use rsa::pkcs8::DecodePublicKey as _;
+    use x509_cert::der::{DecodePem as _, Encode as _};
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let cert = x509_cert::Certificate::from_pem(&pem)
+        .map_err(|e| format!("{} is not a PEM X.509 certificate ({e})", path.display()))?;
+    let der = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    rsa::RsaPublicKey::from_public_key_der(&der)
+        .map_err(|e| format!("{}: the certificate's key is not RSA ({e})", path.display()))
 }

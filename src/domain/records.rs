@@ -319,7 +319,7 @@ fn currency(s: &str) -> Result<String, String> {
     }
 }
 
-fn id_list(key: &str, arr: &[Value]) -> Result<Vec<ProductId>, FieldError> {
+fn id_list(key: &str, arr: &[Value]) -> Vec<Result<ProductId, FieldError>> {
     arr.iter()
         .enumerate()
         .map(|(i, v)| match v {
@@ -356,77 +356,173 @@ fn quantity(v: &Value) -> Result<u32, String> {
     }
 }
 
+/// Collects every field error of one record instead of stopping at the first.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn take<T>(&mut self, r: Result<T, FieldError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+}
+
+/// The first error of a record, for callers that report one (an import line).
+fn first(errors: Vec<FieldError>) -> FieldError {
+    errors
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| FieldError::line("invalid record"))
+}
+
 impl Product {
     pub fn from_json(v: &Value) -> Result<Self, FieldError> {
-        let f = Fields::of(v)?;
-        let id = f.parsed("id", ProductId::parse)?;
-        let title = f.str("title")?;
-        check_text(title, MAX_TITLE_CHARS, true).map_err(|why| FieldError::new("title", why))?;
-        let title = non_empty("title", Some(title))?.unwrap_or_default();
+        Self::from_json_all(v).map_err(first)
+    }
+
+    /// Parses a product, naming every bad field (in field order).
+    pub fn from_json_all(v: &Value) -> Result<Self, Vec<FieldError>> {
+        let f = Fields::of(v).map_err(|e| vec![e])?;
+        let mut e = Errors::default();
+        let id = e.take(f.parsed("id", ProductId::parse));
+        let title = e.take(f.str("title").and_then(|title| {
+            check_text(title, MAX_TITLE_CHARS, true)
+                .map_err(|why| FieldError::new("title", why))?;
+            Ok(non_empty("title", Some(title))?.unwrap_or_default())
+        }));
+        let url = e.take(
+            f.opt_text("url", MAX_URL_CHARS, false)
+                .and_then(|s| non_empty("url", s)),
+        );
+        let image_url = e.take(
+            f.opt_text("image_url", MAX_URL_CHARS, false)
+                .and_then(|s| non_empty("image_url", s)),
+        );
+        let price = e.take(f.parsed("price", Money::parse));
+        let currency = e.take(f.opt_parsed("currency", currency));
+        let category = e.take(f.opt_parsed("category", CategoryPath::parse));
+        let brand = e.take(
+            f.opt_text("brand", MAX_NAME_CHARS, true)
+                .and_then(|s| non_empty("brand", s)),
+        );
+        let in_stock = e.take(f.opt_bool("in_stock"));
         let compatible_with = match f.get("compatible_with") {
-            Some(Value::Array(a)) => id_list("compatible_with", a)?,
-            None => Vec::new(),
-            Some(other) => {
-                return Err(FieldError::new(
-                    "compatible_with",
-                    format!("must be an array of ids, got {}", kind(other)),
-                ));
+            Some(Value::Array(a)) => {
+                let ids: Vec<Option<ProductId>> = id_list("compatible_with", a)
+                    .into_iter()
+                    .map(|r| e.take(r))
+                    .collect();
+                ids.into_iter().collect::<Option<Vec<_>>>()
             }
+            None => Some(Vec::new()),
+            Some(other) => e.take(Err(FieldError::new(
+                "compatible_with",
+                format!("must be an array of ids, got {}", kind(other)),
+            ))),
         };
-        let tags = f
-            .opt_array("tags")?
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match t {
-                Value::String(s) => check_text(s, MAX_TAG_CHARS, false)
-                    .map(|()| s.clone())
-                    .map_err(|why| FieldError::new(format!("tags[{i}]"), why)),
-                other => Err(FieldError::new(
-                    format!("tags[{i}]"),
-                    format!("must be a string, got {}", kind(other)),
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
+        let tags = match e.take(f.opt_array("tags")) {
+            Some(raw) => {
+                let tags: Vec<Option<String>> = raw
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        e.take(match t {
+                            Value::String(s) => check_text(s, MAX_TAG_CHARS, false)
+                                .map(|()| s.clone())
+                                .map_err(|why| FieldError::new(format!("tags[{i}]"), why)),
+                            other => Err(FieldError::new(
+                                format!("tags[{i}]"),
+                                format!("must be a string, got {}", kind(other)),
+                            )),
+                        })
+                    })
+                    .collect();
+                tags.into_iter().collect::<Option<Vec<_>>>()
+            }
+            None => None,
+        };
+        match (
             id,
             title,
-            url: non_empty("url", f.opt_text("url", MAX_URL_CHARS, false)?)?,
-            image_url: non_empty("image_url", f.opt_text("image_url", MAX_URL_CHARS, false)?)?,
-            price: f.parsed("price", Money::parse)?,
-            currency: f
-                .opt_parsed("currency", currency)?
-                .unwrap_or_else(|| "USD".into()),
-            category: f.opt_parsed("category", CategoryPath::parse)?,
-            brand: non_empty("brand", f.opt_text("brand", MAX_NAME_CHARS, true)?)?,
-            in_stock: f.opt_bool("in_stock")?.unwrap_or(true),
+            url,
+            image_url,
+            price,
+            currency,
+            category,
+            brand,
+            in_stock,
             compatible_with,
             tags,
-        })
+        ) {
+            (
+                Some(id),
+                Some(title),
+                Some(url),
+                Some(image_url),
+                Some(price),
+                Some(currency),
+                Some(category),
+                Some(brand),
+                Some(in_stock),
+                Some(compatible_with),
+                Some(tags),
+            ) if e.0.is_empty() => Ok(Self {
+                id,
+                title,
+                url,
+                image_url,
+                price,
+                currency: currency.unwrap_or_else(|| "USD".into()),
+                category,
+                brand,
+                in_stock: in_stock.unwrap_or(true),
+                compatible_with,
+                tags,
+            }),
+            _ => Err(e.0),
+        }
     }
 }
 
 impl Customer {
     pub fn from_json(v: &Value) -> Result<Self, FieldError> {
-        let f = Fields::of(v)?;
-        let timezone = f.opt_parsed("timezone", |s| {
+        Self::from_json_all(v).map_err(first)
+    }
+
+    /// Parses a customer, naming every bad field.
+    pub fn from_json_all(v: &Value) -> Result<Self, Vec<FieldError>> {
+        let f = Fields::of(v).map_err(|e| vec![e])?;
+        let mut e = Errors::default();
+        let id = e.take(f.parsed("id", CustomerId::parse));
+        let email = e.take(f.parsed("email", EmailAddress::parse));
+        let name = e.take(f.opt_text("name", MAX_NAME_CHARS, true));
+        let timezone = e.take(f.opt_parsed("timezone", |s| {
             s.parse::<chrono_tz::Tz>()
                 .map(|_| s.to_owned())
                 .map_err(|_| format!("{} is not an IANA time zone name", shown(s)))
-        })?;
-        Ok(Self {
-            id: f.parsed("id", CustomerId::parse)?,
-            email: f.parsed("email", EmailAddress::parse)?,
-            name: f
-                .opt_text("name", MAX_NAME_CHARS, true)?
-                .map(str::to_owned)
-                .filter(|s| !s.trim().is_empty()),
-            timezone,
-            locale: f
-                .opt_text("locale", MAX_LOCALE_CHARS, false)?
-                .map(str::to_owned)
-                .filter(|s| !s.is_empty()),
-            marketing_consent: f.opt_bool("marketing_consent")?.unwrap_or(false),
-        })
+        }));
+        let locale = e.take(f.opt_text("locale", MAX_LOCALE_CHARS, false));
+        let consent = e.take(f.opt_bool("marketing_consent"));
+        match (id, email, name, timezone, locale, consent) {
+            (Some(id), Some(email), Some(name), Some(timezone), Some(locale), Some(consent))
+                if e.0.is_empty() =>
+            {
+                Ok(Self {
+                    id,
+                    email,
+                    name: name.map(str::to_owned).filter(|s| !s.trim().is_empty()),
+                    timezone,
+                    locale: locale.map(str::to_owned).filter(|s| !s.is_empty()),
+                    marketing_consent: consent.unwrap_or(false),
+                })
+            }
+            _ => Err(e.0),
+        }
     }
 }
 
@@ -437,122 +533,170 @@ impl Order {
         v: &Value,
         product_exists: impl Fn(&ProductId) -> bool,
     ) -> Result<Self, FieldError> {
-        let f = Fields::of(v)?;
-        let id = f.parsed("id", OrderId::parse)?;
-        let customer_id = f.parsed("customer_id", CustomerId::parse)?;
-        let status = f.parsed("status", OrderStatus::parse)?;
-        let created_at = f.parsed("created_at", parse_rfc3339)?;
-        let completed_at = f.opt_parsed("completed_at", parse_rfc3339)?;
-        let delivered_at = f.opt_parsed("delivered_at", parse_rfc3339)?;
-        let updated_at = f.opt_parsed("updated_at", parse_rfc3339)?;
-        let raw_items = match f.get("items") {
-            Some(Value::Array(a)) => a,
-            None => return Err(FieldError::new("items", "missing")),
-            Some(other) => {
-                return Err(FieldError::new(
-                    "items",
-                    format!("must be an array, got {}", kind(other)),
-                ));
-            }
-        };
-        let mut items = Vec::with_capacity(raw_items.len());
-        for (i, raw) in raw_items.iter().enumerate() {
+        Self::from_json_all(v, product_exists).map_err(first)
+    }
+
+    /// Parses an order, naming every bad field: type and format errors first (in field
+    /// order), then the referential ones (an item naming an unknown product).
+    pub fn from_json_all(
+        v: &Value,
+        product_exists: impl Fn(&ProductId) -> bool,
+    ) -> Result<Self, Vec<FieldError>> {
+        let f = Fields::of(v).map_err(|e| vec![e])?;
+        let mut e = Errors::default();
+        let mut unknown: Vec<FieldError> = Vec::new();
+        let id = e.take(f.parsed("id", OrderId::parse));
+        let customer_id = e.take(f.parsed("customer_id", CustomerId::parse));
+        let status = e.take(f.parsed("status", OrderStatus::parse));
+        let created_at = e.take(f.parsed("created_at", parse_rfc3339));
+        let completed_at = e.take(f.opt_parsed("completed_at", parse_rfc3339));
+        let delivered_at = e.take(f.opt_parsed("delivered_at", parse_rfc3339));
+        let updated_at = e.take(f.opt_parsed("updated_at", parse_rfc3339));
+        let raw_items = e.take(match f.get("items") {
+            Some(Value::Array(a)) => Ok(a.as_slice()),
+            None => Err(FieldError::new("items", "missing")),
+            Some(other) => Err(FieldError::new(
+                "items",
+                format!("must be an array, got {}", kind(other)),
+            )),
+        });
+        let mut items = Vec::with_capacity(raw_items.map_or(0, <[Value]>::len));
+        for (i, raw) in raw_items.unwrap_or_default().iter().enumerate() {
             let at = |k: &str| format!("items[{i}].{k}");
             let Value::Object(obj) = raw else {
-                return Err(FieldError::new(format!("items[{i}]"), "must be an object"));
+                e.0.push(FieldError::new(format!("items[{i}]"), "must be an object"));
+                continue;
             };
-            let product_id = match obj.get("product_id") {
+            let product_id = e.take(match obj.get("product_id") {
                 Some(Value::String(s)) => {
-                    ProductId::parse(s).map_err(|w| FieldError::new(at("product_id"), w))?
+                    ProductId::parse(s).map_err(|w| FieldError::new(at("product_id"), w))
                 }
-                None | Some(Value::Null) => {
-                    return Err(FieldError::new(at("product_id"), "missing"));
-                }
-                Some(other) => {
-                    return Err(FieldError::new(
-                        at("product_id"),
-                        format!("must be a string, got {}", kind(other)),
-                    ));
-                }
-            };
-            if !product_exists(&product_id) {
-                return Err(FieldError::new(
+                None | Some(Value::Null) => Err(FieldError::new(at("product_id"), "missing")),
+                Some(other) => Err(FieldError::new(
                     at("product_id"),
-                    format!("unknown product {product_id}"),
+                    format!("must be a string, got {}", kind(other)),
+                )),
+            });
+            if let Some(p) = &product_id
+                && !product_exists(p)
+            {
+                unknown.push(FieldError::new(
+                    at("product_id"),
+                    format!("unknown product {p}"),
                 ));
             }
-            let quantity = match obj.get("quantity") {
-                None | Some(Value::Null) => 1,
-                Some(v) => quantity(v).map_err(|why| FieldError::new(at("quantity"), why))?,
-            };
-            let unit_price = match obj.get("unit_price") {
-                Some(Value::String(s)) => {
-                    Money::parse(s).map_err(|w| FieldError::new(at("unit_price"), w))?
-                }
-                None | Some(Value::Null) => {
-                    return Err(FieldError::new(at("unit_price"), "missing"));
-                }
-                Some(other) => {
-                    return Err(FieldError::new(
-                        at("unit_price"),
-                        format!("must be a decimal string, got {}", kind(other)),
-                    ));
-                }
-            };
-            items.push(OrderItem {
-                product_id,
-                quantity,
-                unit_price,
+            let quantity = e.take(match obj.get("quantity") {
+                None | Some(Value::Null) => Ok(1),
+                Some(v) => quantity(v).map_err(|why| FieldError::new(at("quantity"), why)),
             });
+            let unit_price = e.take(match obj.get("unit_price") {
+                Some(Value::String(s)) => {
+                    Money::parse(s).map_err(|w| FieldError::new(at("unit_price"), w))
+                }
+                None | Some(Value::Null) => Err(FieldError::new(at("unit_price"), "missing")),
+                Some(other) => Err(FieldError::new(
+                    at("unit_price"),
+                    format!("must be a decimal string, got {}", kind(other)),
+                )),
+            });
+            if let (Some(product_id), Some(quantity), Some(unit_price)) =
+                (product_id, quantity, unit_price)
+            {
+                items.push(OrderItem {
+                    product_id,
+                    quantity,
+                    unit_price,
+                });
+            }
         }
-        if items.is_empty() && !status.is_void() {
-            return Err(FieldError::new("items", "is empty"));
+        if raw_items.is_some_and(<[Value]>::is_empty) && status.is_some_and(|s| !s.is_void()) {
+            e.0.push(FieldError::new("items", "is empty"));
         }
-        let total = match f.opt_parsed("total", Money::parse)? {
-            Some(t) => t,
-            None => items
-                .iter()
-                .map(|i| i.unit_price.times(i.quantity as i64))
-                .sum(),
-        };
-        if status == OrderStatus::Completed && completed_at.is_none() {
-            return Err(FieldError::new(
+        let total = e.take(f.opt_parsed("total", Money::parse));
+        let currency = e.take(f.opt_parsed("currency", currency));
+        if status == Some(OrderStatus::Completed) && completed_at == Some(None) {
+            e.0.push(FieldError::new(
                 "completed_at",
                 "missing for a completed order",
             ));
         }
-        if status == OrderStatus::Delivered && delivered_at.is_none() && completed_at.is_none() {
-            return Err(FieldError::new(
+        if status == Some(OrderStatus::Delivered)
+            && delivered_at == Some(None)
+            && completed_at == Some(None)
+        {
+            e.0.push(FieldError::new(
                 "delivered_at",
                 "missing for a delivered order",
             ));
         }
-        Ok(Self {
+        e.0.append(&mut unknown);
+        match (
             id,
             customer_id,
             status,
             created_at,
             completed_at,
             delivered_at,
-            items,
-            total,
-            currency: f
-                .opt_parsed("currency", currency)?
-                .unwrap_or_else(|| "USD".into()),
             updated_at,
-        })
+            total,
+            currency,
+        ) {
+            (
+                Some(id),
+                Some(customer_id),
+                Some(status),
+                Some(created_at),
+                Some(completed_at),
+                Some(delivered_at),
+                Some(updated_at),
+                Some(total),
+                Some(currency),
+            ) if e.0.is_empty() => Ok(Self {
+                id,
+                customer_id,
+                status,
+                created_at,
+                completed_at,
+                delivered_at,
+                total: total.unwrap_or_else(|| {
+                    items
+                        .iter()
+                        .map(|i| i.unit_price.times(i.quantity as i64))
+                        .sum()
+                }),
+                items,
+                currency: currency.unwrap_or_else(|| "USD".into()),
+                updated_at,
+            }),
+            _ => Err(e.0),
+        }
     }
 }
 
 impl Event {
     pub fn from_json(v: &Value) -> Result<Self, FieldError> {
-        let f = Fields::of(v)?;
-        Ok(Self {
-            customer_id: f.parsed("customer_id", CustomerId::parse)?,
-            product_id: f.parsed("product_id", ProductId::parse)?,
-            kind: f.parsed("kind", EventKind::parse)?,
-            at: f.parsed("at", parse_rfc3339)?,
-        })
+        Self::from_json_all(v).map_err(first)
+    }
+
+    /// Parses an event, naming every bad field.
+    pub fn from_json_all(v: &Value) -> Result<Self, Vec<FieldError>> {
+        let f = Fields::of(v).map_err(|e| vec![e])?;
+        let mut e = Errors::default();
+        let customer_id = e.take(f.parsed("customer_id", CustomerId::parse));
+        let product_id = e.take(f.parsed("product_id", ProductId::parse));
+        let kind = e.take(f.parsed("kind", EventKind::parse));
+        let at = e.take(f.parsed("at", parse_rfc3339));
+        match (customer_id, product_id, kind, at) {
+            (Some(customer_id), Some(product_id), Some(kind), Some(at)) if e.0.is_empty() => {
+                Ok(Self {
+                    customer_id,
+                    product_id,
+                    kind,
+                    at,
+                })
+            }
+            _ => Err(e.0),
+        }
     }
 }
 
@@ -590,7 +734,13 @@ mod tests {
             "items": [{"product_id": "P1", "quantity": -1, "unit_price": "1.00"}], "total": "1.00"});
         let e = Order::from_json(&o, |_| true).unwrap_err();
         assert_eq!(e.field, "items[0].quantity");
-        let e = Order::from_json(&o, |_| false).unwrap_err();
+        // Format errors come before referential ones: an unknown product is named last.
+        let all = Order::from_json_all(&o, |_| false).unwrap_err();
+        let fields: Vec<&str> = all.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["items[0].quantity", "items[0].product_id"]);
+        let mut ok = o.clone();
+        ok["items"][0]["quantity"] = serde_json::json!(1);
+        let e = Order::from_json(&ok, |_| false).unwrap_err();
         assert_eq!(e.field, "items[0].product_id");
     }
 

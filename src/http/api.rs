@@ -5,7 +5,7 @@
 //! client that gets a 422 can fix the named record and resend the whole batch.
 
 use super::{ApiError, AppState};
-use crate::domain::{ProductId, parse_duration};
+use crate::domain::{FieldError, ProductId, parse_duration};
 use crate::import::{Batch, Kind, ParseContext};
 use crate::jobs::{TriggerError, trigger, trigger_with_id};
 use axum::Json;
@@ -31,16 +31,26 @@ pub(crate) async fn events(State(s): State<AppState>, body: Bytes) -> Reply {
 
 /// The body as a list of records: one object or an array of them.
 pub(crate) fn records(body: &[u8]) -> Result<Vec<Value>, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad_body(format!("invalid JSON: {e}")))?;
     match v {
         Value::Array(items) => Ok(items),
         o @ Value::Object(_) => Ok(vec![o]),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "expected a JSON object or an array of objects",
-        )),
+        _ => Err(bad_body("expected a JSON object or an array of objects")),
     }
+}
+
+/// A 400 for a body that is not records at all: its one problem is named in `errors`
+/// too (`index` null, `field` "(body)"), so clients read every error answer alike.
+fn bad_body(why: impl Into<String>) -> ApiError {
+    let why: String = why.into();
+    ApiError::new(StatusCode::BAD_REQUEST, &why)
+        .with("field", "(body)")
+        .with("why", why.clone())
+        .with(
+            "errors",
+            json!([{"index": Value::Null, "field": "(body)", "why": why}]),
+        )
 }
 
 /// Validates every record, then stores them all (and schedules follow-ups for orders).
@@ -51,16 +61,26 @@ async fn ingest(s: &AppState, kind: Kind, body: &[u8]) -> Reply {
         .await
         .map_err(ApiError::internal)?;
     let mut batch = Batch::new(kind);
+    // Every problem of every rejected record, in record order.
+    let mut errors: Vec<(usize, FieldError)> = Vec::new();
     for (i, v) in items.iter().enumerate() {
-        batch.push(v, &ctx).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{}[{i}].{}: {}", kind.as_str(), e.field, e.why),
-            )
-            .with("index", i)
-            .with("field", e.field)
-            .with("why", e.why)
-        })?;
+        if let Err(es) = batch.push_all(v, &ctx) {
+            errors.extend(es.into_iter().map(|e| (i, e)));
+        }
+    }
+    if let Some((i, e)) = errors.first() {
+        let list: Vec<Value> = errors
+            .iter()
+            .map(|(i, e)| json!({"index": i, "field": e.field, "why": e.why}))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{}[{i}].{}: {}", kind.as_str(), e.field, e.why),
+        )
+        .with("index", *i)
+        .with("field", e.field.clone())
+        .with("why", e.why.clone())
+        .with("errors", list));
     }
     let outcome = batch
         .store(store, &s.rules, s.engine.clock.now())

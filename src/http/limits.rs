@@ -29,6 +29,20 @@ pub(crate) async fn read_body(State(s): State<AppState>, req: Request, next: Nex
     }
 }
 
+/// Middleware for the bounce webhooks (`/webhooks/bounces/*`): limit
+/// `http.webhook_max_body_bytes`; each provider's signature is checked by its handler.
+pub(crate) async fn read_webhook_body(
+    State(s): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let h = &s.engine.settings.http;
+    match buffer(req, h.webhook_max_body_bytes, h.body_timeout, None).await {
+        Ok(req) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Middleware for the Shopify webhook: `X-Shopify-Hmac-Sha256` must be present and
 /// well-formed before the body is read, and must match the body once it is read.
 pub(crate) async fn shopify_signed(

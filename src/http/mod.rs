@@ -15,6 +15,7 @@
 
 mod api;
 mod auth;
+mod bounces;
 mod limits;
 mod measure;
 mod metrics;
@@ -88,6 +89,20 @@ pub fn router(state: AppState) -> Router {
             post(shopify::orders).route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 limits::shopify_signed,
+            )),
+        )
+        .route(
+            "/webhooks/shopify",
+            post(shopify::webhook).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                limits::shopify_signed,
+            )),
+        )
+        .route(
+            "/webhooks/bounces/{provider}",
+            post(bounces::bounce).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                limits::read_webhook_body,
             )),
         )
         .route(

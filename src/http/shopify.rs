@@ -28,6 +28,48 @@ use std::collections::HashSet;
 
 #[cfg(test)]
 mod proptests;
+mod topics;
+
+/// `POST /webhooks/shopify`: every topic at one URL, `X-Shopify-Topic` decides. Order
+/// topics go the way of `/webhooks/shopify/orders`; a topic we do not handle answers 200
+/// (`ignored`) so Shopify does not retry it.
+pub(crate) async fn webhook(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let topic = headers
+        .get("x-shopify-topic")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(topic) = topic else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing X-Shopify-Topic",
+        ));
+    };
+    if topic.starts_with("orders/") {
+        return orders(State(s), headers, body).await;
+    }
+    let known = [
+        "products/create",
+        "products/update",
+        "customers/update",
+        "customers/redact",
+        "customers/data_request",
+    ];
+    if !known.contains(&topic.as_str()) {
+        return Ok((StatusCode::OK, Json(json!({ "ignored": topic }))));
+    }
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    match topic.as_str() {
+        "products/create" | "products/update" => topics::product(&s, &headers, &payload).await,
+        "customers/update" => topics::customer_update(&s, &headers, &payload).await,
+        "customers/redact" => topics::redact(&s, &headers, &payload).await,
+        _ => topics::data_request(&s, &headers, &payload).await,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Topic {

@@ -112,16 +112,18 @@ const PRODUCTS_PG: &str = "INSERT INTO products (id, title, url, image_url, pric
    price = excluded.price, currency = excluded.currency, category = excluded.category, brand = excluded.brand,
    in_stock = excluded.in_stock, compatible_with = excluded.compatible_with, tags = excluded.tags";
 
+/// A forgotten customer (`forget`, Shopify customers/redact) stays erased: an upsert of
+/// the same id (a re-import, a replayed webhook) changes nothing.
 const CUSTOMERS_SQLITE: &str = "INSERT INTO customers (id, email, name, timezone, locale, marketing_consent)
  SELECT j.value->>'id', j.value->>'email', j.value->>'name', j.value->>'timezone', j.value->>'locale', j.value->>'marketing_consent'
  FROM json_each($1) j WHERE true
  ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, timezone = excluded.timezone,
-   locale = excluded.locale, marketing_consent = excluded.marketing_consent";
+   locale = excluded.locale, marketing_consent = excluded.marketing_consent WHERE customers.forgotten_at IS NULL";
 const CUSTOMERS_PG: &str = "INSERT INTO customers (id, email, name, timezone, locale, marketing_consent)
  SELECT id, email, name, timezone, locale, marketing_consent
  FROM jsonb_to_recordset($1::jsonb) AS r(id text, email text, name text, timezone text, locale text, marketing_consent boolean)
  ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, timezone = excluded.timezone,
-   locale = excluded.locale, marketing_consent = excluded.marketing_consent";
+   locale = excluded.locale, marketing_consent = excluded.marketing_consent WHERE customers.forgotten_at IS NULL";
 
 /// The update half of the order upsert, the same on both engines but for `$moves`, a
 /// subquery over $2, the allowed status moves (`OrderStatus::moves`, "from>to"). A
@@ -324,9 +326,19 @@ impl Store {
     }
 
     pub async fn products(&self) -> Result<Vec<Product>> {
-        let sql = "SELECT id, title, url, image_url, price, currency, category, brand, in_stock, compatible_with, tags FROM products ORDER BY id";
+        self.products_where(None).await
+    }
+
+    /// One product of the catalog.
+    pub async fn product(&self, id: &str) -> Result<Option<Product>> {
+        Ok(self.products_where(Some(id)).await?.pop())
+    }
+
+    async fn products_where(&self, id: Option<&str>) -> Result<Vec<Product>> {
+        let sql = "SELECT id, title, url, image_url, price, currency, category, brand, in_stock, compatible_with, tags FROM products
+                   WHERE CAST($1 AS TEXT) IS NULL OR id = $1 ORDER BY id";
         with_db!(&self.db, p => {
-            let rows = sqlx::query(sql).fetch_all(p).await?;
+            let rows = sqlx::query(sql).bind(id).fetch_all(p).await?;
             rows.iter().map(|r| -> Result<Product> {
                 Ok(Product {
                     id: pid(r.try_get("id")?)?,

@@ -3,18 +3,22 @@
 //! accept, and run on whichever pool is open (`with_db!`). The store knows no jobs, web
 //! or CLI; it is handed "now" by its callers.
 
+mod bounces;
 mod catalog;
 mod ledger;
 mod maintenance;
 mod measure;
 mod ops;
+mod privacy;
 
+pub use bounces::{BounceKind, BounceOutcome};
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
 pub use ledger::{Claimed, Finish, FollowupRow, FollowupState, ScheduleRule};
 pub use measure::{Hit, LinkTarget};
 pub use ops::{
     LATENCY_BUCKETS, MetricsReport, RelayPause, StatusReport, SuppressionRow, WorkerRow,
 };
+pub use privacy::Forgotten;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 pub struct StatusReport {
     pub followups: BTreeMap<String, i64>,
     pub skipped_by_reason: BTreeMap<String, i64>,
+    /// Failed follow-ups by SMTP reply (code and text, addresses masked).
+    pub failed_by_reply: BTreeMap<String, i64>,
+    /// Provider webhook events, "provider kind" → count ("postmark soft_bounce": 2).
+    pub bounces: BTreeMap<String, i64>,
     pub sent_last_24h: i64,
     pub next_due: Option<Timestamp>,
     pub workers: Vec<WorkerRow>,
@@ -75,6 +79,8 @@ impl Store {
     pub async fn status(&self, now: Timestamp, live_since: Timestamp) -> Result<StatusReport> {
         let counts = self.counts().await?;
         let (followups, skipped_by_reason) = (counts.followups, counts.skipped_by_reason);
+        let failed_by_reply = self.failed_by_reply().await?;
+        let bounces = self.bounce_counts().await?;
         with_db!(&self.db, p => {
             let sent_last_24h: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM followups WHERE state = 'sent' AND sent_at > $1")
                 .bind(now.0 - 86_400_000).fetch_one(p).await?;
@@ -112,8 +118,26 @@ impl Store {
                 let (problem, n): (String, i64) = (r.try_get("problem")?, r.try_get("n")?);
                 template_errors.insert(r.try_get("campaign")?, format!("{problem} ({n} follow-up(s) waiting)"));
             }
-            Ok(StatusReport { followups, skipped_by_reason, sent_last_24h, next_due: next_due.map(Timestamp), workers, template_errors })
+            Ok(StatusReport { followups, skipped_by_reason, failed_by_reply, bounces, sent_last_24h, next_due: next_due.map(Timestamp), workers, template_errors })
         })
+    }
+
+    /// Failed follow-ups grouped by their SMTP reply ("550 5.1.1 user unknown": 3): the
+    /// reply's first line, whitespace collapsed, every address masked as `<address>` (a
+    /// reply naming its recipient groups with the others, and names nobody), cut to
+    /// [`REPLY_GROUP_CHARS`]. Reads only the failed rows (partial index, migration 0008).
+    pub async fn failed_by_reply(&self) -> Result<BTreeMap<String, i64>> {
+        let sql = "SELECT smtp_reply, COUNT(*) AS n FROM followups WHERE state = 'failed' GROUP BY smtp_reply";
+        let mut out = BTreeMap::new();
+        with_db!(&self.db, p => {
+            for r in sqlx::query(sql).fetch_all(p).await? {
+                let reply: Option<String> = r.try_get("smtp_reply")?;
+                let n: i64 = r.try_get("n")?;
+                *out.entry(reply_group(reply.as_deref())).or_default() += n;
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(out)
     }
 
     pub async fn register_worker(
@@ -281,9 +305,51 @@ impl Store {
     }
 }
 
+/// The longest group name of `failed_by_reply`, in characters.
+pub const REPLY_GROUP_CHARS: usize = 120;
+
+/// The group a failed follow-up's reply falls in (see [`Store::failed_by_reply`]).
+pub fn reply_group(reply: Option<&str>) -> String {
+    let line = reply.and_then(|r| r.lines().find(|l| !l.trim().is_empty()));
+    let Some(line) = line else {
+        return "(no reply)".to_owned();
+    };
+    let words: Vec<&str> = line
+        .split_whitespace()
+        .map(|w| if w.contains('@') { "<address>" } else { w })
+        .collect();
+    let joined = words.join(" ");
+    match joined.char_indices().nth(REPLY_GROUP_CHARS) {
+        Some((i, _)) => format!("{}…", &joined[..i]),
+        None => joined,
+    }
+}
+
 /// Upper bounds (seconds) of the due → sent latency histogram.
 pub const LATENCY_BUCKETS: [f64; 9] =
     [1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0];
+
+#[cfg(test)]
+mod tests {
+    use super::reply_group;
+
+    #[test]
+    fn replies_group_without_addresses() {
+        assert_eq!(
+            reply_group(Some("550 5.1.1 <ann@example.com>: user unknown\r\nmore")),
+            "550 5.1.1 <address> user unknown"
+        );
+        assert_eq!(
+            reply_group(Some("  552   5.3.4 too big ")),
+            "552 5.3.4 too big"
+        );
+        assert_eq!(reply_group(None), "(no reply)");
+        assert_eq!(
+            reply_group(Some("5".repeat(500).as_str())).chars().count(),
+            121
+        );
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct MetricsReport {
