@@ -7,8 +7,8 @@ pub mod clock;
 mod compose;
 pub mod periodic;
 pub mod policy;
-mod runtime;
 mod report;
+mod runtime;
 mod schedule;
 mod worker;
 
