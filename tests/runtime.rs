@@ -52,8 +52,10 @@ async fn an_idle_worker_sends_newly_due_work_within_its_poll_interval() {
     );
     eprintln!("idle pickup: first email {:?} after import", due.elapsed());
 
+    let stopping = Instant::now();
     stop_tx.send(()).unwrap();
     let summary = worker.await.unwrap().unwrap();
+    eprintln!("stopped in {:?}", stopping.elapsed());
     assert!(summary.sent >= 1, "{summary:?}");
     assert_eq!(
         states(&store).await["sending"],
