@@ -91,6 +91,7 @@ impl ModelBuilder {
         let cfg = &self.cfg;
         let win_c = cfg.copurchase_window.as_millis() as i64;
         let win_u = cfg.upgrade_window.as_millis() as i64;
+        let win_e = cfg.enhance_window.as_millis() as i64;
         let n_orders = self.orders.len();
         let n_customers = self.customers.len() as u32;
         // Free the customer-id strings before the counting peak.
@@ -113,12 +114,14 @@ impl ModelBuilder {
         let mut comp = PairCount::new(np, np);
         let mut ever = PairCount::new(np, np);
         let mut cat = PairCount::new(nl, np);
+        let mut later = PairCount::new(np, np);
         let mut upg: HashMap<u64, (u32, i64)> = HashMap::new();
 
         let mut bought: Vec<u32> = Vec::new();
         let mut pairs: Vec<u64> = Vec::new();
         let mut cat_pairs: Vec<u64> = Vec::new();
         let mut up_pairs: Vec<(u64, i64)> = Vec::new();
+        let mut later_pairs: Vec<u64> = Vec::new();
         let price = |i: u32| self.products[i as usize].price;
         let leaf = &self.leaf;
         for group in
@@ -128,13 +131,14 @@ impl ModelBuilder {
             pairs.clear();
             cat_pairs.clear();
             up_pairs.clear();
+            later_pairs.clear();
             for (gi, &oi) in group.iter().enumerate() {
                 let t0 = self.orders[oi as usize].1;
                 let first = items_of(oi as usize);
                 bought.extend_from_slice(first);
                 for (gj, &oj) in group.iter().enumerate().skip(gi) {
                     let dt = self.orders[oj as usize].1 - t0;
-                    if dt > win_c.max(win_u) {
+                    if dt > win_c.max(win_u).max(win_e) {
                         break;
                     }
                     let later = items_of(oj as usize);
@@ -150,6 +154,9 @@ impl ModelBuilder {
                                 if let Some(l) = leaf[a as usize] {
                                     cat_pairs.push(key(l, b));
                                 }
+                            }
+                            if gj > gi && dt > win_c && dt <= win_e && !same_leaf {
+                                later_pairs.push(key(a, b));
                             }
                             if gj > gi && dt <= win_u && same_leaf && price(b) > price(a) {
                                 up_pairs.push((key(a, b), dt));
@@ -191,6 +198,11 @@ impl ModelBuilder {
             for &k in &cat_pairs {
                 cat.add(k);
             }
+            later_pairs.sort_unstable();
+            later_pairs.dedup();
+            for &k in &later_pairs {
+                later.add(k);
+            }
             // Keep each customer's first (shortest) delay per pair.
             up_pairs.sort_unstable();
             up_pairs.dedup_by_key(|x| x.0);
@@ -205,6 +217,7 @@ impl ModelBuilder {
         let comp_rows = comp.rows();
         let ever_rows = ever.rows();
         let cat_rows = cat.rows();
+        let later_rows = later.rows();
         let mut upg_rows: Vec<Vec<(u32, u32, i64)>> = vec![Vec::new(); np];
         // Customers who moved up to each product from any cheaper item of its leaf.
         let mut upgraded_to = vec![0u32; np];
@@ -230,6 +243,7 @@ impl ModelBuilder {
         let n_all = f64::from(n_customers.max(1));
         let mut complements = Vec::with_capacity(np);
         let mut upgrades = Vec::with_capacity(np);
+        let mut enhance = Vec::with_capacity(np);
         for a in 0..np as u32 {
             let ai = a as usize;
             let na = f64::from(buyers[ai].max(1));
@@ -347,6 +361,39 @@ impl ModelBuilder {
                 }
             }
             upgrades.push(self.top(ups));
+
+            // Enhance: other-leaf items owners added after the setup window. Catalog
+            // accessories that owners added later first (1–2), then mined "added later"
+            // pairs with enough support and more often than chance (0–1).
+            let later_n: HashMap<u32, u32> = later_rows[ai].iter().copied().collect();
+            let mut add: HashMap<u32, Cand> = HashMap::new();
+            for &(b, n) in &later_rows[ai] {
+                let lift = f64::from(n) * n_all / (na * f64::from(buyers[b as usize].max(1)));
+                if !same_leaf(b) && n >= cfg.min_support && lift > 1.0 {
+                    add.insert(
+                        b,
+                        Cand {
+                            idx: b,
+                            score: f64::from(n) / na,
+                            why: Why::AddedLater { n },
+                        },
+                    );
+                }
+            }
+            for &b in &fits[ai] {
+                let n = later_n.get(&b).copied().unwrap_or(0);
+                if !same_leaf(b) && n > 0 {
+                    add.insert(
+                        b,
+                        Cand {
+                            idx: b,
+                            score: 1.0 + f64::from(n) / na,
+                            why: Why::FitsLater { n },
+                        },
+                    );
+                }
+            }
+            enhance.push(self.top(add.into_values().collect()));
         }
 
         let ids = |lists: &Vec<Vec<Cand>>| -> Vec<Vec<(ProductId, f64)>> {
@@ -361,6 +408,9 @@ impl ModelBuilder {
         };
         let complement_ids = ids(&complements);
         let upgrade_ids = ids(&upgrades);
+        let enhance_ids = ids(&enhance);
+        let month = |ms: i64| ((ms as f64 / (30.0 * 86_400_000.0)).round() as u32).max(1);
+        let later_months = (month(win_c), month(win_e).max(month(win_c)));
         let mut popular: Vec<u32> = (0..np as u32).collect();
         popular.sort_by(|&x, &y| {
             buyers[y as usize].cmp(&buyers[x as usize]).then(
@@ -378,6 +428,9 @@ impl ModelBuilder {
             upgrades,
             complement_ids,
             upgrade_ids,
+            enhance,
+            enhance_ids,
+            later_months,
             popular,
             customers: n_customers,
             orders: n_orders as u64,

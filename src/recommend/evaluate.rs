@@ -24,7 +24,7 @@ pub struct EvalReport {
     /// The requested strategy.
     pub recommender: Score,
     pub popularity: Score,
-    /// Every strategy, by name ("complements", "upgrades").
+    /// Every strategy, by name ("complements", "upgrades", "enhance").
     pub per_strategy: BTreeMap<String, Score>,
 }
 
@@ -123,7 +123,7 @@ pub fn evaluate(
     };
     let pick = |r: &PickRequest| model.pick(r);
     let popular = |r: &PickRequest| model.popular(r);
-    let per_strategy: BTreeMap<String, Score> = [Strategy::Complements, Strategy::Upgrades]
+    let per_strategy: BTreeMap<String, Score> = Strategy::ALL
         .into_iter()
         .map(|s| (s.as_str().to_owned(), score(&pick, s)))
         .collect();

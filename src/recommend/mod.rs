@@ -6,14 +6,18 @@
 //! swaps it on rebuild) and answers [`Model::pick`] from short per-product candidate
 //! lists computed at build time, so a pick only merges and filters a few hundred entries.
 //!
-//! Two strategies (see `docs/recommendations.md`):
+//! Three strategies (see `docs/recommendations.md`):
 //! - complements ("complete your setup"): catalog compatibility in either direction,
 //!   then co-purchase (same order or within `copurchase_window` after it, by the same
 //!   customer) scored by confidence with a minimum support and lift, then "also bought"
 //!   (same customers, any time) at half weight, then a leaf-category fallback for products
 //!   with little history; same-leaf items are substitutes and never complements;
 //! - upgrades: customers who bought `a` and later (within `upgrade_window`) bought a pricier
-//!   `b` of the same leaf category; a "popular pricier choice" fallback when data is thin.
+//!   `b` of the same leaf category; a "popular pricier choice" fallback when data is thin;
+//! - enhance ("accessories that enhance your experience"): what owners of `a` bought from
+//!   another leaf category later than the setup window (`copurchase_window`) and within
+//!   `enhance_window`; never a substitute or upgrade (same leaf), never what the setup
+//!   email picks for the same order.
 
 mod build;
 mod evaluate;
@@ -27,6 +31,10 @@ use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// How many complement picks of the same order the enhance strategy leaves out (what a
+/// "complete your setup" email shows).
+const SETUP_ITEMS: usize = 3;
+
 /// Tunables of the model. `Default` gives the documented values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -34,6 +42,9 @@ pub struct ModelConfig {
     pub copurchase_window: Duration,
     /// A pricier same-leaf purchase within this time after buying `a` counts as an upgrade.
     pub upgrade_window: Duration,
+    /// A purchase from another leaf later than `copurchase_window` and within this time
+    /// after buying `a` counts as "added later" (the enhance strategy).
+    pub enhance_window: Duration,
     /// Length of each product's precomputed candidate list.
     pub top_n: usize,
     /// Co-purchase pairs need at least this many customers (compatible pairs need none).
@@ -52,6 +63,7 @@ impl Default for ModelConfig {
         Self {
             copurchase_window: 30 * DAY,
             upgrade_window: 180 * DAY,
+            enhance_window: 365 * DAY,
             top_n: 50,
             min_support: 3,
             min_lift: 1.2,
@@ -115,6 +127,11 @@ enum Why {
     /// Fallback: a pricier item of the anchor's leaf category bought by `n` customers,
     /// `up` of whom moved up to it from a cheaper item of the leaf.
     PopularPricier { n: u32, up: u32 },
+    /// `n` customers who bought the anchor added the candidate later (after the setup
+    /// window, within the enhance window).
+    AddedLater { n: u32 },
+    /// The candidate lists the anchor in `compatible_with` and `n` owners added it later.
+    FitsLater { n: u32 },
     /// Popularity baseline: bought by `n` customers.
     Bestseller { n: u32 },
 }
@@ -137,8 +154,12 @@ pub struct Model {
     buyers: Vec<u32>,
     complements: Vec<Vec<Cand>>,
     upgrades: Vec<Vec<Cand>>,
+    enhance: Vec<Vec<Cand>>,
     complement_ids: Vec<Vec<(ProductId, f64)>>,
     upgrade_ids: Vec<Vec<(ProductId, f64)>>,
+    enhance_ids: Vec<Vec<(ProductId, f64)>>,
+    /// "Added later" spans from this many months to this many after buying (rounded).
+    later_months: (u32, u32),
     /// All products, most bought first (ties: id).
     popular: Vec<u32>,
     customers: u32,
@@ -189,12 +210,34 @@ impl Model {
             .map_or(&[], |&i| &self.upgrade_ids[i as usize])
     }
 
+    /// The ranked enhance candidates of one product, before any filter.
+    pub fn enhance_candidates(&self, id: &ProductId) -> &[(ProductId, f64)] {
+        self.index
+            .get(id)
+            .map_or(&[], |&i| &self.enhance_ids[i as usize])
+    }
+
     /// The items to recommend after `req.order`, best first, with every rule applied.
     pub fn pick(&self, req: &PickRequest) -> Vec<Pick> {
         let anchors = self.anchors(req.order);
         let lists = match req.strategy {
             Strategy::Complements => &self.complements,
             Strategy::Upgrades => &self.upgrades,
+            Strategy::Enhance => &self.enhance,
+        };
+        // Enhance never repeats what the setup email picks for the same order (the
+        // emails actually sent are excluded by the caller through `emailed_recently`).
+        let setup: Vec<ProductId> = if req.strategy == Strategy::Enhance {
+            self.pick(&PickRequest {
+                strategy: Strategy::Complements,
+                max_items: SETUP_ITEMS,
+                ..*req
+            })
+            .into_iter()
+            .map(|p| p.product_id)
+            .collect()
+        } else {
+            Vec::new()
         };
         // Best entry per candidate over all items of the order (max, not sum: the reason
         // then names one real product and its true count).
@@ -211,7 +254,7 @@ impl Model {
         merged.dedup_by_key(|x| x.1.idx);
         let ranked: Vec<(u32, Cand)> = merged
             .into_iter()
-            .filter(|(_, c)| self.allowed(c.idx, req))
+            .filter(|(_, c)| self.allowed(c.idx, req) && !setup.contains(self.id(c.idx)))
             .collect();
         self.select(ranked, req.max_items)
     }
@@ -332,6 +375,16 @@ impl Model {
         out
     }
 
+    /// "1 to 12 months", the span "added later" counts.
+    fn later_span(&self) -> String {
+        let (lo, hi) = self.later_months;
+        if lo == hi {
+            format!("{lo} {}", if lo == 1 { "month" } else { "months" })
+        } else {
+            format!("{lo} to {hi} months")
+        }
+    }
+
     fn reason(&self, anchor: u32, why: Why) -> String {
         let a = &self.products[anchor as usize];
         let leaf = a.category.as_ref().map_or("its category", |c| c.leaf());
@@ -391,6 +444,22 @@ impl Model {
                 a.title,
                 customers(n),
                 up
+            ),
+            Why::AddedLater { n } => format!(
+                "{} who bought the {} added this {} later",
+                customers(n),
+                a.title,
+                self.later_span()
+            ),
+            Why::FitsLater { n } => format!(
+                "fits your {} (compatible accessory); {} added it {} after buying",
+                a.title,
+                if n == 1 {
+                    "1 owner".to_owned()
+                } else {
+                    format!("{n} owners")
+                },
+                self.later_span()
             ),
             Why::Bestseller { n } => format!("one of our bestsellers, bought by {}", customers(n)),
         }

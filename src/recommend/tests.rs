@@ -464,3 +464,119 @@ fn popular_applies_the_same_rules() {
     assert_eq!(ids(&p), ["A1", "B1"]);
     assert_eq!(p[0].reason, "one of our bestsellers, bought by 4 customers");
 }
+
+/// Espresso machine owners: the pitcher comes within days (setup), the grinder months
+/// later (enhance), a second machine later is a substitute, a bestseller is everywhere.
+fn enhance_store() -> (Vec<Product>, Vec<Order>) {
+    let cat = vec![
+        product(
+            "A1",
+            "Barista Pro",
+            50_000,
+            "Coffee > Espresso Machines",
+            "Brew",
+            &[],
+        ),
+        product(
+            "A2",
+            "Barista Max",
+            90_000,
+            "Coffee > Espresso Machines",
+            "Brew",
+            &[],
+        ),
+        product(
+            "B1",
+            "Milk Pitcher",
+            2_000,
+            "Coffee > Pitchers",
+            "Brew",
+            &[],
+        ),
+        product(
+            "G1",
+            "Burr Grinder",
+            20_000,
+            "Coffee > Grinders",
+            "Mill",
+            &[],
+        ),
+        product("K1", "Knock Box", 3_000, "Coffee > Tools", "Mill", &["A1"]),
+        product("X1", "House Beans", 1_500, "Coffee > Beans", "Roast", &[]),
+        // Listed accessories nobody bought: what the setup email shows first.
+        product(
+            "F1",
+            "Cleaning Tablets",
+            1_000,
+            "Coffee > Care",
+            "Mill",
+            &["A1"],
+        ),
+        product("F2", "Tamper", 2_500, "Coffee > Tampers", "Mill", &["A1"]),
+        product("F3", "Shot Glass", 800, "Coffee > Glasses", "Mill", &["A1"]),
+    ];
+    let mut orders = Vec::new();
+    for c in 0..20 {
+        let cust = format!("C{c:02}");
+        orders.push(order(&format!("OX{c}"), &cust, c, &["X1"], &cat));
+        orders.push(order(&format!("OY{c}"), &cust, c + 200, &["X1"], &cat));
+        if c < 6 {
+            orders.push(order(&format!("OA{c}"), &cust, c + 1, &["A1"], &cat));
+            orders.push(order(&format!("OB{c}"), &cust, c + 5, &["B1"], &cat));
+            orders.push(order(&format!("OG{c}"), &cust, c + 90, &["G1"], &cat));
+            orders.push(order(&format!("OU{c}"), &cust, c + 100, &["A2"], &cat));
+        }
+        if c < 2 {
+            orders.push(order(&format!("OK{c}"), &cust, c + 60, &["K1"], &cat));
+        }
+    }
+    (cat, orders)
+}
+
+#[test]
+fn enhance_is_what_owners_add_later_and_not_the_setup() {
+    let (cat, orders) = enhance_store();
+    let m = Model::build(&cat, &orders, &ModelConfig::default());
+    let e: Vec<&str> = m
+        .enhance_candidates(&pid("A1"))
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .collect();
+    // The knock box fits (catalog) and two owners added it later; the grinder was added
+    // by six. The pitcher (setup window), the second machine (same leaf) and the beans
+    // (bought as often by everybody) are not enhancements.
+    assert_eq!(e, ["K1", "G1"]);
+    let mut a = ask(&m, &cat, &["A1"]);
+    a.strategy = Strategy::Enhance;
+    let picks = a.run();
+    assert_eq!(ids(&picks), ["K1", "G1"]);
+    assert_eq!(
+        picks[0].reason,
+        "fits your Barista Pro (compatible accessory); 2 owners added it 1 to 12 months after buying"
+    );
+    assert_eq!(
+        picks[1].reason,
+        "6 customers who bought the Barista Pro added this 1 to 12 months later"
+    );
+    // What the setup email picks for the same order is left out: once the listed
+    // accessories are gone, the setup email shows the knock box and the enhance one
+    // does not repeat it.
+    let mut setup = ask(&m, &cat, &["A1"]);
+    setup.max = 3;
+    assert_eq!(ids(&setup.run()), ["B1", "F1", "F2"]);
+    for f in ["F1", "F2", "F3"] {
+        setup.exclude.bought_before.insert(pid(f));
+    }
+    let shown = setup.run();
+    assert!(ids(&shown).contains(&"K1"), "{:?}", ids(&shown));
+    let mut later = ask(&m, &cat, &["A1"]);
+    later.strategy = Strategy::Enhance;
+    later.exclude = setup.exclude.clone();
+    let picks = later.run();
+    assert!(
+        !ids(&picks).iter().any(|p| ids(&shown).contains(p)),
+        "{:?} repeats the setup {:?}",
+        ids(&picks),
+        ids(&shown)
+    );
+}

@@ -110,7 +110,7 @@ pub struct PickedItem {
 #[derive(Debug, Clone, Serialize)]
 pub struct CampaignInfo {
     pub name: String,
-    /// "complements" or "upgrades".
+    /// "complements", "upgrades" or "enhance".
     pub strategy: String,
 }
 

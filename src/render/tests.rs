@@ -12,6 +12,7 @@ fn campaigns() -> Vec<(String, String)> {
     vec![
         ("complete_your_setup".into(), "complements".into()),
         ("upgrade".into(), "upgrades".into()),
+        ("enhance".into(), "enhance".into()),
     ]
 }
 
@@ -87,7 +88,10 @@ fn shipped_templates_check_clean() {
     assert_eq!(check(&shipped_dir(), &campaigns()), vec![]);
     assert_eq!(Templates::embedded().unwrap().check(&campaigns()), vec![]);
     let t = Templates::load_or_embedded(Path::new("/nonexistent/templates")).unwrap();
-    assert_eq!(t.campaigns(), vec!["complete_your_setup", "upgrade"]);
+    assert_eq!(
+        t.campaigns(),
+        vec!["complete_your_setup", "enhance", "upgrade"]
+    );
 }
 
 #[test]
@@ -192,9 +196,15 @@ fn footer_is_required_in_both_parts() {
         "",
     );
     let problems = check(&dir, &campaigns());
-    assert_eq!(problems.len(), 1, "{problems:#?}");
+    // Every campaign with its own body.txt (the upgrade text part is generated).
+    assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(problems[0].file.ends_with("complete_your_setup/body.txt"));
-    assert!(problems[0].message.contains("postal address"));
+    assert!(problems[1].file.ends_with("enhance/body.txt"));
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.message.contains("postal address"))
+    );
 }
 
 #[test]
