@@ -169,13 +169,85 @@ fn picks_for_one_primary_hold_planted_items_and_true_reasons() {
     assert!(share >= 0.8, "{share}");
 }
 
+/// A probe order holding one entry product: its planted upgrades are in the top 3 picks
+/// (up to 3 alternatives, no one-per-leaf rule for upgrades), and no fallback is sold as
+/// what customers did.
+#[test]
+fn planted_upgrades_are_in_the_picks_of_a_probe_order() {
+    let s = sample();
+    let none = Exclusions::default();
+    let (mut hits, mut total, mut missed) = (0, 0, Vec::new());
+    for (primary, targets) in planted("upgrades") {
+        let order = s
+            .orders
+            .iter()
+            .find(|o| o.items.iter().any(|i| i.product_id.as_str() == primary))
+            .unwrap();
+        let mut one = order.clone();
+        one.items.retain(|i| i.product_id.as_str() == primary);
+        one.total = one.items[0].unit_price;
+        let picks = s.model.pick(&PickRequest {
+            order: &one,
+            strategy: Strategy::Upgrades,
+            max_items: 3,
+            max_price_ratio: 100.0,
+            exclude: &none,
+        });
+        for p in &picks {
+            assert_eq!(
+                p.fallback,
+                !p.reason.contains("upgraded from"),
+                "{}",
+                p.reason
+            );
+        }
+        for t in targets.iter().take(3) {
+            total += 1;
+            if picks.iter().any(|p| p.product_id.as_str() == t) {
+                hits += 1;
+            } else {
+                missed.push(format!("{primary}->{t}"));
+            }
+        }
+    }
+    let share = hits as f64 / total as f64;
+    eprintln!("planted upgrades in the picks of a probe order: {share:.3}; missed {missed:?}");
+    assert!(share >= 0.95, "{share}: {missed:?}");
+}
+
+/// Consumables (re-bought by their buyers) are found in the data and never upgraded;
+/// no planted upgrade starts or ends at one.
+#[test]
+fn consumables_are_detected_and_never_upgraded() {
+    let s = sample();
+    let consumables: Vec<&Product> = s
+        .products
+        .iter()
+        .filter(|p| s.model.is_consumable(&p.id))
+        .collect();
+    eprintln!(
+        "consumables: {:?}",
+        consumables.iter().map(|p| &p.title).collect::<Vec<_>>()
+    );
+    assert!(!consumables.is_empty());
+    for p in &consumables {
+        assert!(s.model.upgrade_candidates(&p.id).is_empty(), "{}", p.title);
+    }
+    for (primary, targets) in planted("upgrades") {
+        assert!(!s.model.is_consumable(&pid(&primary)), "{primary}");
+        for t in targets {
+            assert!(!s.model.is_consumable(&pid(&t)), "{t}");
+        }
+    }
+}
+
 #[test]
 fn reasons_name_real_products_and_counts() {
     let s = sample();
     let none = Exclusions::default();
     let mut seen = BTreeMap::new();
     for o in s.orders.iter().filter(|o| !o.status.is_void()).take(400) {
-        for strategy in [Strategy::Complements, Strategy::Upgrades] {
+        for strategy in Strategy::ALL {
             for p in s.model.pick(&PickRequest {
                 order: o,
                 strategy,

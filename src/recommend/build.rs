@@ -110,6 +110,7 @@ impl ModelBuilder {
             .sort_unstable_by_key(|&k| (self.orders[k as usize].0, self.orders[k as usize].1, k));
 
         let mut buyers = vec![0u32; np];
+        let mut rebuyers = vec![0u32; np];
         let mut leaf_buyers = vec![0u32; nl];
         let mut comp = PairCount::new(np, np);
         let mut ever = PairCount::new(np, np);
@@ -168,6 +169,12 @@ impl ModelBuilder {
             // Each pattern counts once per customer: a customer re-ordering a consumable
             // ten times is one customer, not ten.
             bought.sort_unstable();
+            // Items are distinct within an order: a run is a product re-bought later.
+            for run in bought.chunk_by(|x, y| x == y) {
+                if run.len() > 1 {
+                    rebuyers[run[0] as usize] += 1;
+                }
+            }
             bought.dedup();
             for &p in &bought {
                 buyers[p as usize] += 1;
@@ -241,6 +248,12 @@ impl ModelBuilder {
         }
 
         let n_all = f64::from(n_customers.max(1));
+        let consumable: Vec<bool> = (0..np)
+            .map(|p| {
+                rebuyers[p] >= cfg.consumable_rebuyers
+                    && f64::from(rebuyers[p]) >= cfg.consumable_share * f64::from(buyers[p])
+            })
+            .collect();
         let mut complements = Vec::with_capacity(np);
         let mut upgrades = Vec::with_capacity(np);
         let mut enhance = Vec::with_capacity(np);
@@ -324,9 +337,12 @@ impl ModelBuilder {
 
             // Upgrades: mined sequences first (score = count + confidence, so the count
             // ranks and the confidence breaks ties).
+            // Consumables are re-bought, not upgraded: none from one, none to one.
             let mut ups: Vec<Cand> = upg_rows[ai]
                 .iter()
-                .filter(|&&(_, n, _)| n >= cfg.min_upgrade_support)
+                .filter(|&&(b, n, _)| {
+                    n >= cfg.min_upgrade_support && !consumable[ai] && !consumable[b as usize]
+                })
                 .map(|&(b, n, dt)| Cand {
                     idx: b,
                     score: f64::from(n) + f64::from(n) / na,
@@ -339,14 +355,25 @@ impl ModelBuilder {
             // Thin data: pad with the most-bought pricier items of the same leaf (< 0.5),
             // counting purchases that were upgrades first: a product people move up to
             // is a better guess than one bought as a first choice.
-            if (ups.is_empty() || buyers[ai] < cfg.thin_history) && leaf[ai].is_some() {
+            // Only a real step up: clearly pricier and, where both carry a tier tag, a
+            // higher tier. Brand is no condition: customers move up across brands.
+            if (ups.is_empty() || buyers[ai] < cfg.thin_history)
+                && leaf[ai].is_some()
+                && !consumable[ai]
+            {
                 let pa = self.products[ai].price;
+                let min_price = cfg.step_up * pa.minor() as f64;
+                let ta = tier(&self.products[ai]);
                 let mut known: HashSet<u32> = ups.iter().map(|c| c.idx).collect();
                 for b in 0..np as u32 {
                     let nb = buyers[b as usize];
+                    let pb = &self.products[b as usize];
                     if same_leaf(b)
                         && b != a
-                        && self.products[b as usize].price > pa
+                        && pb.price > pa
+                        && pb.price.minor() as f64 >= min_price
+                        && ta.is_none_or(|x| tier(pb).is_none_or(|y| y > x))
+                        && !consumable[b as usize]
                         && nb > 0
                         && known.insert(b)
                     {
@@ -369,7 +396,11 @@ impl ModelBuilder {
             let mut add: HashMap<u32, Cand> = HashMap::new();
             for &(b, n) in &later_rows[ai] {
                 let lift = f64::from(n) * n_all / (na * f64::from(buyers[b as usize].max(1)));
-                if !same_leaf(b) && n >= cfg.min_support && lift > 1.0 {
+                if !same_leaf(b)
+                    && !consumable[ai]
+                    && n >= cfg.min_support
+                    && lift >= cfg.min_enhance_lift
+                {
                     add.insert(
                         b,
                         Cand {
@@ -424,6 +455,7 @@ impl ModelBuilder {
             index: self.index,
             leaf: self.leaf,
             buyers,
+            consumable,
             complements,
             upgrades,
             complement_ids,
@@ -450,6 +482,18 @@ impl ModelBuilder {
         c.shrink_to_fit();
         c
     }
+}
+
+/// The price tier a product's tags name ("entry-level" < "mid-range" < "premium").
+fn tier(p: &Product) -> Option<u8> {
+    p.tags
+        .iter()
+        .find_map(|t| match t.to_ascii_lowercase().as_str() {
+            "entry-level" | "entry" | "budget" | "basic" => Some(0),
+            "mid-range" | "midrange" | "mid" => Some(1),
+            "premium" | "pro" | "high-end" => Some(2),
+            _ => None,
+        })
 }
 
 fn key(a: u32, b: u32) -> u64 {

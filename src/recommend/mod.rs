@@ -13,7 +13,10 @@
 //!   (same customers, any time) at half weight, then a leaf-category fallback for products
 //!   with little history; same-leaf items are substitutes and never complements;
 //! - upgrades: customers who bought `a` and later (within `upgrade_window`) bought a pricier
-//!   `b` of the same leaf category; a "popular pricier choice" fallback when data is thin;
+//!   `b` of the same leaf category; a "popular pricier choice" fallback when data is thin,
+//!   only as a real step up (≥ `step_up` × the price, a higher tier tag where both have one);
+//!   never from or to a consumable (a product its buyers re-buy); up to `max_items`
+//!   alternatives (the one-per-leaf rule is for the other strategies);
 //! - enhance ("accessories that enhance your experience"): what owners of `a` bought from
 //!   another leaf category later than the setup window (`copurchase_window`) and within
 //!   `enhance_window`; never a substitute or upgrade (same leaf), never what the setup
@@ -56,6 +59,16 @@ pub struct ModelConfig {
     /// A product bought by fewer customers than this has "little history": its complements
     /// are padded with the leaf-category fallback and its upgrades with popular pricier items.
     pub thin_history: u32,
+    /// A "popular pricier choice" fallback must cost at least this × the product.
+    pub step_up: f64,
+    /// A product is a consumable (re-bought, never upgraded) when at least
+    /// `consumable_rebuyers` of its buyers, and this share of them, bought it in two or
+    /// more orders.
+    pub consumable_share: f64,
+    pub consumable_rebuyers: u32,
+    /// Mined "added later" pairs (enhance) need at least this lift: owners of the product
+    /// add it this many times as often as customers in general.
+    pub min_enhance_lift: f64,
 }
 
 impl Default for ModelConfig {
@@ -69,6 +82,10 @@ impl Default for ModelConfig {
             min_lift: 1.2,
             min_upgrade_support: 2,
             thin_history: 20,
+            step_up: 1.25,
+            consumable_share: 0.2,
+            consumable_rebuyers: 3,
+            min_enhance_lift: 2.0,
         }
     }
 }
@@ -107,6 +124,9 @@ pub struct Pick {
     /// Why this item, naming the product of the order it comes from and the counts.
     pub reason: String,
     pub score: f64,
+    /// A guess for thin data (a popular pricier item, what buyers of the category add),
+    /// not customers doing it: wording must not claim "customers upgraded".
+    pub fallback: bool,
 }
 
 /// Why a candidate is on a list; turned into words only for the items actually picked.
@@ -152,6 +172,8 @@ pub struct Model {
     leaf: Vec<Option<u32>>,
     /// Distinct customers who bought each product.
     buyers: Vec<u32>,
+    /// Products their buyers re-buy (never upgraded from or to).
+    consumable: Vec<bool>,
     complements: Vec<Vec<Cand>>,
     upgrades: Vec<Vec<Cand>>,
     enhance: Vec<Vec<Cand>>,
@@ -194,6 +216,13 @@ impl Model {
     /// Distinct customers with at least one non-void order.
     pub fn customer_count(&self) -> u32 {
         self.customers
+    }
+
+    /// Whether the data shows `id` as a consumable (re-bought by a good share of its buyers).
+    pub fn is_consumable(&self, id: &ProductId) -> bool {
+        self.index
+            .get(id)
+            .is_some_and(|&i| self.consumable[i as usize])
     }
 
     /// The ranked complement candidates of one product, before any filter.
@@ -256,7 +285,7 @@ impl Model {
             .into_iter()
             .filter(|(_, c)| self.allowed(c.idx, req) && !setup.contains(self.id(c.idx)))
             .collect();
-        self.select(ranked, req.max_items)
+        self.select(ranked, req.max_items, req.strategy != Strategy::Upgrades)
     }
 
     /// Popularity baseline: the most-bought products, with the same rules as [`pick`].
@@ -289,7 +318,7 @@ impl Model {
                 break;
             }
         }
-        self.select(ranked, req.max_items)
+        self.select(ranked, req.max_items, req.strategy != Strategy::Upgrades)
     }
 
     fn id(&self, i: u32) -> &ProductId {
@@ -321,8 +350,14 @@ impl Model {
     }
 
     /// Takes ranked, allowed candidates (any order) to at most `max_items` picks, one per
-    /// leaf category, preferring a new brand among candidates whose scores tie.
-    fn select(&self, mut ranked: Vec<(u32, Cand)>, max_items: usize) -> Vec<Pick> {
+    /// leaf category when `one_per_leaf`, preferring a new brand among candidates whose
+    /// scores tie.
+    fn select(
+        &self,
+        mut ranked: Vec<(u32, Cand)>,
+        max_items: usize,
+        one_per_leaf: bool,
+    ) -> Vec<Pick> {
         ranked.sort_by(|x, y| {
             y.1.score
                 .total_cmp(&x.1.score)
@@ -333,8 +368,8 @@ impl Model {
         let mut brands: Vec<&str> = Vec::new();
         let mut out = Vec::new();
         let leaf_free = |i: usize, leaves: &[u32]| match self.leaf[ranked[i].1.idx as usize] {
-            Some(l) => !leaves.contains(&l),
-            None => true,
+            Some(l) if one_per_leaf => !leaves.contains(&l),
+            _ => true,
         };
         while out.len() < max_items {
             let Some(first) = (0..ranked.len()).find(|&i| !used[i] && leaf_free(i, &leaves)) else {
@@ -370,6 +405,7 @@ impl Model {
                 brand: p.brand.clone(),
                 reason: self.reason(anchor, c.why),
                 score: c.score,
+                fallback: matches!(c.why, Why::PopularPricier { .. } | Why::CategoryAdd { .. }),
             });
         }
         out

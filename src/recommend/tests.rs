@@ -414,7 +414,9 @@ fn upgrades_are_mined_from_sequences() {
         picks[0].reason,
         "4 customers upgraded from the Entry Tripod to this within 2 months"
     );
-    assert_eq!(picks.len(), 1, "one per leaf holds for upgrades too");
+    // Upgrades are same-leaf by definition: the one-per-leaf rule is not theirs.
+    assert_eq!(ids(&picks), ["T2", "T3"]);
+    assert!(picks.iter().all(|p| !p.fallback));
 }
 
 #[test]
@@ -425,8 +427,13 @@ fn upgrade_fallback_says_so() {
     // moved up to (T2: 4), ahead of the most bought one (T1: 6, nobody moved up to it).
     let mut a = ask(&m, &cat, &["T0"]);
     a.strategy = Strategy::Upgrades;
+    a.max = 1;
     let picks = a.run();
     assert_eq!(ids(&picks), ["T2"]);
+    assert!(
+        picks[0].fallback,
+        "the template must not say customers upgraded"
+    );
     assert_eq!(
         m.upgrade_candidates(&pid("T0"))
             .iter()
@@ -579,4 +586,127 @@ fn enhance_is_what_owners_add_later_and_not_the_setup() {
         ids(&picks),
         ids(&shown)
     );
+}
+
+#[test]
+fn upgrade_fallback_is_a_clear_step_up() {
+    let cat = vec![
+        product(
+            "T1",
+            "Entry Tripod",
+            5_000,
+            "Cameras > Tripods",
+            "Sturdy",
+            &[],
+        ),
+        // 10 % pricier: a sideways move, not a step up.
+        product(
+            "T2",
+            "Entry Tripod Plus",
+            5_500,
+            "Cameras > Tripods",
+            "Sturdy",
+            &[],
+        ),
+        product(
+            "T3",
+            "Travel Tripod",
+            9_000,
+            "Cameras > Tripods",
+            "Sturdy",
+            &[],
+        ),
+        // Twice the price but tagged with the same tier as T1: no step up either.
+        product(
+            "T4",
+            "Entry Tripod XL",
+            10_000,
+            "Cameras > Tripods",
+            "Sturdy",
+            &[],
+        ),
+    ];
+    let mut cat = cat;
+    cat[0].tags = vec!["entry-level".into()];
+    cat[2].tags = vec!["mid-range".into()];
+    cat[3].tags = vec!["entry-level".into()];
+    let orders: Vec<Order> = (0..8)
+        .map(|c| {
+            order(
+                &format!("O{c}"),
+                &format!("C{c}"),
+                c,
+                &["T1", "T2", "T3", "T4"][c as usize % 4..][..1],
+                &cat,
+            )
+        })
+        .collect();
+    let m = Model::build(&cat, &orders, &ModelConfig::default());
+    let u: Vec<&str> = m
+        .upgrade_candidates(&pid("T1"))
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .collect();
+    assert_eq!(u, ["T3"]);
+}
+
+/// Coffee beans: every buyer re-orders them; some move to the pricier decaf later.
+fn beans_store() -> (Vec<Product>, Vec<Order>) {
+    let cat = vec![
+        product(
+            "K1",
+            "Kenya Beans 1kg",
+            2_000,
+            "Coffee > Beans",
+            "Roast",
+            &[],
+        ),
+        product(
+            "D1",
+            "Decaf Beans 1kg",
+            2_600,
+            "Coffee > Beans",
+            "Roast",
+            &[],
+        ),
+        product(
+            "E1",
+            "Espresso Beans 1kg",
+            3_000,
+            "Coffee > Beans",
+            "Roast",
+            &[],
+        ),
+        product("M1", "Moka Pot", 3_500, "Coffee > Brewers", "Brew", &[]),
+    ];
+    let mut orders = Vec::new();
+    for c in 0..10 {
+        let cust = format!("C{c}");
+        for (j, day) in [0, 30, 60].into_iter().enumerate() {
+            orders.push(order(&format!("O{c}k{j}"), &cust, c + day, &["K1"], &cat));
+        }
+        if c < 5 {
+            orders.push(order(&format!("O{c}d"), &cust, c + 90, &["D1"], &cat));
+        }
+        orders.push(order(&format!("O{c}m"), &cust, c + 100, &["M1"], &cat));
+    }
+    (cat, orders)
+}
+
+#[test]
+fn consumables_are_never_upgraded() {
+    let (cat, orders) = beans_store();
+    let m = Model::build(&cat, &orders, &ModelConfig::default());
+    assert!(m.is_consumable(&pid("K1")));
+    assert!(!m.is_consumable(&pid("M1")));
+    // Five customers went from the Kenya to the pricier decaf: a new flavour of a
+    // re-bought product, not an upgrade; nor is the espresso roast a step up.
+    assert!(
+        m.upgrade_candidates(&pid("K1")).is_empty(),
+        "{:?}",
+        m.upgrade_candidates(&pid("K1"))
+    );
+    let mut a = ask(&m, &cat, &["K1"]);
+    a.strategy = Strategy::Upgrades;
+    assert!(a.run().is_empty());
 }
