@@ -462,3 +462,31 @@ fn subjects_are_cut_on_a_character_boundary() {
     assert_eq!(capped("a ☕d".into(), 3), "a…");
     assert_eq!(one_line(" a\0b \n\u{1} c "), "ab c");
 }
+
+#[test]
+fn upgrade_fallback_picks_are_not_sold_as_what_customers_did() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    let mut ctx = sample_context("upgrade", "upgrades");
+    let mined = t.render("upgrade", &ctx).unwrap();
+    assert!(mined.subject.contains("customers like you upgraded to"));
+    // The sample's second item is a fallback: the body no longer claims upgrades.
+    assert!(!mined.html.contains("later upgraded to"), "{}", mined.html);
+    for item in &mut ctx.items {
+        item.fallback = true;
+    }
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert_eq!(
+        r.subject,
+        "Ada, a step up from your Lumix G7 Mirrorless Camera: Lumix S5 II Mirrorless Camera"
+    );
+    assert!(!r.html.contains("later upgraded"), "{}", r.html);
+    assert!(
+        r.html.contains("A step up from your Lumix G7"),
+        "{}",
+        r.html
+    );
+    ctx.items.truncate(1);
+    ctx.items[0].fallback = false;
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert!(r.html.contains("later upgraded to 1 product"), "{}", r.html);
+}
