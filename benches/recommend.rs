@@ -127,11 +127,7 @@ fn main() {
         let order = &sample[rng.below(sample.len())];
         let req = PickRequest {
             order,
-            strategy: if i % 2 == 0 {
-                Strategy::Complements
-            } else {
-                Strategy::Upgrades
-            },
+            strategy: Strategy::ALL[i % Strategy::ALL.len()],
             max_items: 3,
             max_price_ratio: 2.0,
             exclude: &exclude,

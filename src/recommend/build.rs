@@ -466,6 +466,7 @@ impl ModelBuilder {
             popular,
             customers: n_customers,
             orders: n_orders as u64,
+            sum_over_anchors: self.cfg.sum_over_anchors,
         }
     }
 

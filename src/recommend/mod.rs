@@ -69,6 +69,10 @@ pub struct ModelConfig {
     /// Mined "added later" pairs (enhance) need at least this lift: owners of the product
     /// add it this many times as often as customers in general.
     pub min_enhance_lift: f64,
+    /// A candidate reached from several products of the order scores the sum of its
+    /// evidence (`true`) or its best single entry (`false`); the reason names the product
+    /// with the best entry either way.
+    pub sum_over_anchors: bool,
 }
 
 impl Default for ModelConfig {
@@ -79,13 +83,14 @@ impl Default for ModelConfig {
             enhance_window: 365 * DAY,
             top_n: 50,
             min_support: 3,
-            min_lift: 1.2,
+            min_lift: 0.0,
             min_upgrade_support: 2,
             thin_history: 20,
             step_up: 1.25,
             consumable_share: 0.2,
             consumable_rebuyers: 3,
             min_enhance_lift: 2.0,
+            sum_over_anchors: true,
         }
     }
 }
@@ -186,6 +191,7 @@ pub struct Model {
     popular: Vec<u32>,
     customers: u32,
     orders: u64,
+    sum_over_anchors: bool,
 }
 
 impl Model {
@@ -268,8 +274,8 @@ impl Model {
         } else {
             Vec::new()
         };
-        // Best entry per candidate over all items of the order (max, not sum: the reason
-        // then names one real product and its true count).
+        // Per candidate over all items of the order: the sum of the evidence (or the best
+        // entry); the reason names the product of the best entry with its true count.
         let mut merged: Vec<(u32, Cand)> = Vec::with_capacity(anchors.len() * 50);
         for &a in &anchors {
             merged.extend(lists[a as usize].iter().map(|c| (a, *c)));
@@ -280,7 +286,19 @@ impl Model {
                 .then(y.1.score.total_cmp(&x.1.score))
                 .then(self.id(x.0).cmp(self.id(y.0)))
         });
-        merged.dedup_by_key(|x| x.1.idx);
+        if self.sum_over_anchors {
+            // The first entry of each run is the best: it keeps its anchor and reason.
+            let mut out: Vec<(u32, Cand)> = Vec::with_capacity(merged.len());
+            for e in merged {
+                match out.last_mut() {
+                    Some(last) if last.1.idx == e.1.idx => last.1.score += e.1.score,
+                    _ => out.push(e),
+                }
+            }
+            merged = out;
+        } else {
+            merged.dedup_by_key(|x| x.1.idx);
+        }
         let ranked: Vec<(u32, Cand)> = merged
             .into_iter()
             .filter(|(_, c)| self.allowed(c.idx, req) && !setup.contains(self.id(c.idx)))

@@ -312,14 +312,32 @@ fn copurchase_store() -> (Vec<Product>, Vec<Order>) {
 }
 
 #[test]
-fn copurchase_needs_lift_and_names_counts() {
+fn copurchase_needs_support_ranks_by_confidence_and_names_counts() {
     let (cat, orders) = copurchase_store();
     let m = Model::build(&cat, &orders, &ModelConfig::default());
     let c = m.complement_candidates(&pid("A1"));
+    // No lift cut-off by default (the back-test prefers a minimum count): the bestseller
+    // bought by every A1 buyer, but before it, is only "also bought", below B1.
     assert_eq!(c.first().map(|x| x.0.as_str()), Some("B1"), "{c:?}");
     assert!(
-        c.iter().all(|(p, _)| p.as_str() != "X1"),
-        "a bestseller is not a complement"
+        c.iter().any(|(p, s)| p.as_str() == "X1" && *s <= 0.5),
+        "{c:?}"
+    );
+    // With a lift cut-off the bestseller (lift 1 with everything) is out.
+    let lifted = Model::build(
+        &cat,
+        &orders,
+        &ModelConfig {
+            min_lift: 1.2,
+            ..ModelConfig::default()
+        },
+    );
+    assert!(
+        lifted
+            .complement_candidates(&pid("A1"))
+            .iter()
+            .all(|(p, _)| p.as_str() != "X1"),
+        "a bestseller is not a complement under a lift cut-off"
     );
     assert!(c.iter().all(|(p, _)| p.as_str() != "Z1"), "cancelled order");
     let picks = ask(&m, &cat, &["A1"]).run();
@@ -709,4 +727,48 @@ fn consumables_are_never_upgraded() {
     let mut a = ask(&m, &cat, &["K1"]);
     a.strategy = Strategy::Upgrades;
     assert!(a.run().is_empty());
+}
+
+#[test]
+fn evidence_is_summed_over_the_products_of_the_order() {
+    // H1 was bought with both T1 and Z; G1 with T1 only, by one more customer.
+    let cat = vec![
+        product("T1", "Tent", 20_000, "Outdoor > Tents", "Peak", &[]),
+        product("Z1", "Stove", 5_000, "Outdoor > Stoves", "Peak", &[]),
+        product("H1", "Headlamp", 3_000, "Outdoor > Lamps", "Lux", &[]),
+        product("G1", "Groundsheet", 3_000, "Outdoor > Sheets", "Lux", &[]),
+    ];
+    let mut orders = Vec::new();
+    for c in 0..10 {
+        let cust = format!("C{c}");
+        let mut items = vec!["T1", "Z1"];
+        if c < 4 {
+            items.push("H1");
+        }
+        if c >= 5 {
+            items.push("G1");
+        }
+        orders.push(order(&format!("O{c}"), &cust, c, &items, &cat));
+    }
+    let sum = Model::build(&cat, &orders, &ModelConfig::default());
+    let max = Model::build(
+        &cat,
+        &orders,
+        &ModelConfig {
+            sum_over_anchors: false,
+            ..ModelConfig::default()
+        },
+    );
+    let mut a = ask(&max, &cat, &["T1", "Z1"]);
+    let best = a.run();
+    assert_eq!(ids(&best), ["G1", "H1"]);
+    assert!((best[0].score - 0.5).abs() < 1e-9, "{}", best[0].score);
+    a.model = &sum;
+    let picks = a.run();
+    // Both products of the order count for each: G1 5 + 5, H1 4 + 4 (of 10); the reason
+    // names one product (ties: id) with its true count.
+    assert_eq!(ids(&picks), ["G1", "H1"]);
+    assert!((picks[0].score - 1.0).abs() < 1e-9, "{}", picks[0].score);
+    assert!((picks[1].score - 0.8).abs() < 1e-9, "{}", picks[1].score);
+    assert_eq!(picks[1].reason, "bought with the Tent by 4 customers");
 }
