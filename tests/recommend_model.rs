@@ -321,6 +321,25 @@ fn evaluate_beats_popularity() {
         serde_json::to_string(&up).unwrap()
     );
     let json = serde_json::to_value(&rep).unwrap();
+    // The ranking figures: hit@k, recall@k, MRR for k in {1, 3, 5, 10}, both sides.
+    for side in ["recommender", "popularity"] {
+        for k in ["1", "3", "5", "10"] {
+            let m = &json["ranking"][side][k];
+            for f in ["hit", "recall", "mrr"] {
+                let v = m[f]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{side} {k} {f}: {m}"));
+                assert!((0.0..=1.0).contains(&v), "{side} {k} {f} = {v}");
+            }
+        }
+    }
+    let r = &rep.ranking;
+    assert!((r.recommender[&3].hit - rep.recommender.hit_rate).abs() < 1e-9);
+    assert!(r.recommender[&1].hit <= r.recommender[&10].hit);
+    assert!(r.recommender[&3].mrr <= r.recommender[&3].hit);
+    let [lo, hi] = r.hit_ratio_ci95;
+    assert!(lo <= r.hit_ratio && r.hit_ratio <= hi, "{r:?}");
+    eprintln!("hit@3 ratio {:.2} [{lo:.2}, {hi:.2}]", r.hit_ratio);
     for key in [
         "k",
         "orders_tested",

@@ -632,5 +632,21 @@ fn describe_eval(r: &crate::recommend::EvalReport) -> String {
             name, sc.hit_rate, sc.coverage
         ));
     }
+    let g = &r.ranking;
+    s.push_str(&format!(
+        "\nhit-rate ratio {:.2} (95 % bootstrap interval {:.2} to {:.2})\n{:<14} {:>4} {:>7} {:>7} {:>7}",
+        g.hit_ratio, g.hit_ratio_ci95[0], g.hit_ratio_ci95[1], "", "k", "hit", "recall", "mrr"
+    ));
+    for (side, t) in [
+        ("recommender", &g.recommender),
+        ("popularity", &g.popularity),
+    ] {
+        for (k, m) in t {
+            s.push_str(&format!(
+                "\n{side:<14} {k:>4} {:>7.3} {:>7.3} {:>7.3}",
+                m.hit, m.recall, m.mrr
+            ));
+        }
+    }
     s
 }

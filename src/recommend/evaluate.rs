@@ -15,6 +15,28 @@ pub struct Score {
     pub coverage: f64,
 }
 
+/// Ranking figures at one cut-off k, averaged over tested customers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RankScore {
+    /// Share of customers whose next order holds ≥ 1 of the top k.
+    pub hit: f64,
+    /// Share of the next order's products found in the top k.
+    pub recall: f64,
+    /// Mean of 1 / rank of the first hit in the top k (0 without a hit).
+    pub mrr: f64,
+}
+
+/// The requested strategy and the popularity baseline at k ∈ {1, 3, 5, 10}, and the
+/// ratio of their hit rates at the requested k with a 95 % bootstrap interval
+/// (customers resampled, 1,000 times, fixed seed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranking {
+    pub recommender: BTreeMap<usize, RankScore>,
+    pub popularity: BTreeMap<usize, RankScore>,
+    pub hit_ratio: f64,
+    pub hit_ratio_ci95: [f64; 2],
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     pub k: usize,
@@ -26,7 +48,12 @@ pub struct EvalReport {
     pub popularity: Score,
     /// Every strategy, by name ("complements", "upgrades", "enhance").
     pub per_strategy: BTreeMap<String, Score>,
+    /// hit@k, recall@k, MRR@k and the hit-rate ratio's interval (issue 11).
+    pub ranking: Ranking,
 }
+
+/// The cut-offs `ranking` reports.
+pub const CUTOFFS: [usize; 4] = [1, 3, 5, 10];
 
 /// One customer around the split: last order before, first after (indices into the
 /// orders), and everything bought before.
@@ -123,6 +150,86 @@ pub fn evaluate(
     };
     let pick = |r: &PickRequest| model.pick(r);
     let popular = |r: &PickRequest| model.popular(r);
+    // Per customer and cut-off: (hit, recall, reciprocal rank).
+    let ranks = |run: &dyn Fn(&PickRequest) -> Vec<super::Pick>| -> Vec<Vec<(f64, f64, f64)>> {
+        cases
+            .iter()
+            .map(|(req_order, next, exclude)| {
+                let mut wanted: Vec<&ProductId> =
+                    next.items.iter().map(|it| &it.product_id).collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                CUTOFFS
+                    .iter()
+                    .map(|&c| {
+                        let picks = run(&PickRequest {
+                            order: req_order,
+                            strategy,
+                            max_items: c,
+                            max_price_ratio,
+                            exclude,
+                        });
+                        let found: Vec<usize> = picks
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, p)| wanted.contains(&&p.product_id))
+                            .map(|(i, _)| i)
+                            .collect();
+                        (
+                            f64::from(u8::from(!found.is_empty())),
+                            found.len() as f64 / wanted.len().max(1) as f64,
+                            found.first().map_or(0.0, |&i| 1.0 / (i + 1) as f64),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let rec_ranks = ranks(&pick);
+    let pop_ranks = ranks(&popular);
+    let table = |r: &[Vec<(f64, f64, f64)>]| -> BTreeMap<usize, RankScore> {
+        let n = r.len().max(1) as f64;
+        CUTOFFS
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| {
+                let sum =
+                    |f: fn(&(f64, f64, f64)) -> f64| r.iter().map(|x| f(&x[j])).sum::<f64>() / n;
+                (
+                    c,
+                    RankScore {
+                        hit: sum(|x| x.0),
+                        recall: sum(|x| x.1),
+                        mrr: sum(|x| x.2),
+                    },
+                )
+            })
+            .collect()
+    };
+    // Hits per customer at the requested k (not necessarily a reported cut-off).
+    let hits_at_k = |run: &dyn Fn(&PickRequest) -> Vec<super::Pick>| -> Vec<bool> {
+        cases
+            .iter()
+            .map(|(req_order, next, exclude)| {
+                run(&PickRequest {
+                    order: req_order,
+                    strategy,
+                    max_items: k,
+                    max_price_ratio,
+                    exclude,
+                })
+                .iter()
+                .any(|p| next.items.iter().any(|it| it.product_id == p.product_id))
+            })
+            .collect()
+    };
+    let (hit_ratio, hit_ratio_ci95) = ratio_ci(&hits_at_k(&pick), &hits_at_k(&popular));
+    let ranking = Ranking {
+        recommender: table(&rec_ranks),
+        popularity: table(&pop_ranks),
+        hit_ratio,
+        hit_ratio_ci95,
+    };
     let per_strategy: BTreeMap<String, Score> = Strategy::ALL
         .into_iter()
         .map(|s| (s.as_str().to_owned(), score(&pick, s)))
@@ -134,7 +241,48 @@ pub fn evaluate(
         recommender: per_strategy[strategy.as_str()],
         popularity: score(&popular, strategy),
         per_strategy,
+        ranking,
     }
+}
+
+/// Ratio of hit counts (recommender / baseline) and its 95 % percentile bootstrap
+/// interval over customers (1,000 resamples, fixed seed, so reports are reproducible).
+pub fn ratio_ci(rec: &[bool], base: &[bool]) -> (f64, [f64; 2]) {
+    let r = |a: usize, b: usize| {
+        if b == 0 {
+            f64::INFINITY
+        } else {
+            a as f64 / b as f64
+        }
+    };
+    let count = |v: &[bool]| v.iter().filter(|&&x| x).count();
+    let point = r(count(rec), count(base));
+    let n = rec.len().min(base.len());
+    if n == 0 {
+        return (point, [point, point]);
+    }
+    let mut state: u64 = 0x0005_EED0_FA11_CA27;
+    let mut next = || {
+        // splitmix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut draws: Vec<f64> = (0..1000)
+        .map(|_| {
+            let (mut a, mut b) = (0, 0);
+            for _ in 0..n {
+                let i = (next() % n as u64) as usize;
+                a += usize::from(rec[i]);
+                b += usize::from(base[i]);
+            }
+            r(a, b)
+        })
+        .collect();
+    draws.sort_by(f64::total_cmp);
+    (point, [draws[24], draws[974]])
 }
 
 fn ratio(n: usize, d: usize) -> f64 {

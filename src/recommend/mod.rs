@@ -26,7 +26,7 @@ mod build;
 mod evaluate;
 
 pub use build::ModelBuilder;
-pub use evaluate::{EvalReport, Score, evaluate};
+pub use evaluate::{CUTOFFS, EvalReport, RankScore, Ranking, Score, evaluate, ratio_ci};
 
 use crate::domain::{Money, Order, Product, ProductId, Strategy};
 use std::collections::{HashMap, HashSet};
