@@ -396,8 +396,10 @@ impl ModelBuilder {
             let mut add: HashMap<u32, Cand> = HashMap::new();
             for &(b, n) in &later_rows[ai] {
                 let lift = f64::from(n) * n_all / (na * f64::from(buyers[b as usize].max(1)));
+                // Consumables are re-bought supplies, not accessories, on either side.
                 if !same_leaf(b)
                     && !consumable[ai]
+                    && !consumable[b as usize]
                     && n >= cfg.min_support
                     && lift >= cfg.min_enhance_lift
                 {
