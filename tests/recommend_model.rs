@@ -2,7 +2,9 @@
 //! complements and upgrades are recovered, and it beats popularity in a back-test.
 
 use aftercart::domain::{Order, Product, ProductId, Strategy};
-use aftercart::recommend::{Exclusions, Model, ModelConfig, PickRequest, evaluate};
+use aftercart::recommend::{
+    Exclusions, Model, ModelConfig, PickRequest, evaluate, evaluate_pooled, split_times,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -418,4 +420,41 @@ fn defaults_hold_up_in_a_pooled_backtest() {
         p / n as f64
     );
     assert!(hits[0] >= hits[1] && hits[0] >= hits[2], "{hits:?}");
+}
+
+#[test]
+fn pooled_windows_add_up() {
+    let s = sample();
+    let cfg = ModelConfig::default();
+    let shares = [0.8, 0.85, 0.9];
+    let pooled = evaluate_pooled(
+        &s.products,
+        &s.orders,
+        &shares,
+        3,
+        Strategy::Complements,
+        RATIO,
+        &cfg,
+    );
+    let (r, p, n) = self::pooled(&cfg, Strategy::Complements, 3, RATIO);
+    assert_eq!(pooled.orders_tested, n);
+    assert_eq!(pooled.splits.len(), 3);
+    assert_eq!(pooled.split_at, pooled.splits[0]);
+    assert_eq!(
+        pooled.splits,
+        split_times(&s.orders, &shares)
+            .iter()
+            .map(|t| t.rfc3339())
+            .collect::<Vec<_>>()
+    );
+    assert!((pooled.recommender.hit_rate - r / n as f64).abs() < 1e-9);
+    assert!((pooled.popularity.hit_rate - p / n as f64).abs() < 1e-9);
+    assert!((pooled.ranking.recommender[&3].hit - r / n as f64).abs() < 1e-9);
+    assert!((pooled.ranking.hit_ratio - r / p).abs() < 1e-6);
+    let [lo, hi] = pooled.ranking.hit_ratio_ci95;
+    eprintln!(
+        "pooled hit@3 ratio {:.2} [{lo:.2}, {hi:.2}] over {n}",
+        pooled.ranking.hit_ratio
+    );
+    assert!(lo <= pooled.ranking.hit_ratio && pooled.ranking.hit_ratio <= hi);
 }

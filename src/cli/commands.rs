@@ -140,6 +140,7 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
         Command::Evaluate {
             orders,
             split_at,
+            splits,
             k,
             campaign,
             json,
@@ -147,7 +148,10 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             evaluate(
                 &s,
                 &orders,
-                split_at.as_deref(),
+                Windows {
+                    split_at: split_at.as_deref(),
+                    splits: splits.as_deref(),
+                },
                 k,
                 campaign.as_deref(),
                 json,
@@ -524,18 +528,36 @@ async fn campaign(s: Settings, command: CampaignCommand, io: &mut Io<'_>) -> Res
     }
 }
 
+/// `evaluate --split-at TIME` or `--splits 0.8,0.85,0.9` (at most one is given).
+struct Windows<'a> {
+    split_at: Option<&'a str>,
+    splits: Option<&'a str>,
+}
+
 /// Back-tests on an orders file; the catalog is the database's, or `products.jsonl`
 /// beside the orders file when the database has none.
 async fn evaluate(
     s: &Settings,
     path: &std::path::Path,
-    split_at: Option<&str>,
+    Windows { split_at, splits }: Windows<'_>,
     k: usize,
     campaign: Option<&str>,
     json: bool,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let campaign = pick_campaign(s, campaign)?;
+    let shares: Option<Vec<f64>> = splits
+        .map(|list| {
+            list.split(',')
+                .map(|x| match x.trim().parse::<f64>() {
+                    Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+                    _ => Err(CliError::Usage(format!(
+                        "--splits: {x:?} is not a share between 0 and 1 (e.g. 0.8,0.85,0.9)"
+                    ))),
+                })
+                .collect()
+        })
+        .transpose()?;
     let split = split_at
         .map(parse_rfc3339)
         .transpose()
@@ -592,15 +614,26 @@ async fn evaluate(
     if orders.is_empty() {
         return Err(CliError::BadInput(format!("{name}: no orders")));
     }
-    let report = crate::recommend::evaluate(
-        &products,
-        &orders,
-        split,
-        k,
-        campaign.strategy,
-        campaign.max_price_ratio,
-        &Default::default(),
-    );
+    let report = match &shares {
+        Some(shares) => crate::recommend::evaluate_pooled(
+            &products,
+            &orders,
+            shares,
+            k,
+            campaign.strategy,
+            campaign.max_price_ratio,
+            &Default::default(),
+        ),
+        None => crate::recommend::evaluate(
+            &products,
+            &orders,
+            split,
+            k,
+            campaign.strategy,
+            campaign.max_price_ratio,
+            &Default::default(),
+        ),
+    };
     if json {
         writeln!(
             io.out,
@@ -616,7 +649,12 @@ async fn evaluate(
 fn describe_eval(r: &crate::recommend::EvalReport) -> String {
     let mut s = format!(
         "evaluated {} customers' next order after {} (k = {})\n{:<14} {:>9} {:>9}\n",
-        r.orders_tested, r.split_at, r.k, "", "hit rate", "coverage"
+        r.orders_tested,
+        r.splits.join(", "),
+        r.k,
+        "",
+        "hit rate",
+        "coverage"
     );
     s.push_str(&format!(
         "{:<14} {:>9.3} {:>9.3}\n",

@@ -41,8 +41,10 @@ pub struct Ranking {
 pub struct EvalReport {
     pub k: usize,
     pub orders_tested: usize,
-    /// RFC 3339.
+    /// RFC 3339 (the first split when several windows are pooled).
     pub split_at: String,
+    /// Every split of the back-test (one unless pooled), RFC 3339.
+    pub splits: Vec<String>,
     /// The requested strategy.
     pub recommender: Score,
     pub popularity: Score,
@@ -77,6 +79,119 @@ pub fn evaluate(
     max_price_ratio: f64,
     cfg: &ModelConfig,
 ) -> EvalReport {
+    evaluate_one(
+        products,
+        orders,
+        split_at,
+        k,
+        strategy,
+        max_price_ratio,
+        cfg,
+    )
+    .0
+}
+
+/// Several chronological windows pooled (`evaluate --splits 0.8,0.85,0.9`): one back-test
+/// per split (the time before which that share of the non-void orders falls), then every
+/// rate weighted by the customers each window tested (coverage too), `orders_tested`
+/// summed, and the hit-rate interval bootstrapped over all tested customers together.
+/// `split_at` is the first split; `splits` lists them all.
+pub fn evaluate_pooled(
+    products: &[Product],
+    orders: &[Order],
+    shares: &[f64],
+    k: usize,
+    strategy: Strategy,
+    max_price_ratio: f64,
+    cfg: &ModelConfig,
+) -> EvalReport {
+    let times = split_times(orders, shares);
+    let runs: Vec<_> = times
+        .iter()
+        .map(|&t| evaluate_one(products, orders, Some(t), k, strategy, max_price_ratio, cfg))
+        .collect();
+    let Some(first) = runs.first() else {
+        return evaluate(products, orders, None, k, strategy, max_price_ratio, cfg);
+    };
+    let n: usize = runs.iter().map(|r| r.0.orders_tested).sum();
+    let w = |r: &EvalReport| r.orders_tested as f64 / n.max(1) as f64;
+    let score = |f: &dyn Fn(&EvalReport) -> Score| Score {
+        hit_rate: runs.iter().map(|r| w(&r.0) * f(&r.0).hit_rate).sum(),
+        coverage: runs.iter().map(|r| w(&r.0) * f(&r.0).coverage).sum(),
+    };
+    let rank = |f: &dyn Fn(&Ranking) -> &BTreeMap<usize, RankScore>| -> BTreeMap<usize, RankScore> {
+        CUTOFFS
+            .iter()
+            .map(|c| {
+                let sum = |g: fn(&RankScore) -> f64| {
+                    runs.iter()
+                        .map(|r| w(&r.0) * f(&r.0.ranking).get(c).map_or(0.0, g))
+                        .sum::<f64>()
+                };
+                (
+                    *c,
+                    RankScore {
+                        hit: sum(|x| x.hit),
+                        recall: sum(|x| x.recall),
+                        mrr: sum(|x| x.mrr),
+                    },
+                )
+            })
+            .collect()
+    };
+    let rec_hits: Vec<bool> = runs.iter().flat_map(|r| r.1.iter().copied()).collect();
+    let pop_hits: Vec<bool> = runs.iter().flat_map(|r| r.2.iter().copied()).collect();
+    let (hit_ratio, hit_ratio_ci95) = ratio_ci(&rec_hits, &pop_hits);
+    let per_strategy = first
+        .0
+        .per_strategy
+        .keys()
+        .map(|name| (name.clone(), score(&|r: &EvalReport| r.per_strategy[name])))
+        .collect();
+    EvalReport {
+        k,
+        orders_tested: n,
+        split_at: first.0.split_at.clone(),
+        splits: runs.iter().map(|r| r.0.split_at.clone()).collect(),
+        recommender: score(&|r: &EvalReport| r.recommender),
+        popularity: score(&|r: &EvalReport| r.popularity),
+        per_strategy,
+        ranking: Ranking {
+            recommender: rank(&|g: &Ranking| &g.recommender),
+            popularity: rank(&|g: &Ranking| &g.popularity),
+            hit_ratio,
+            hit_ratio_ci95,
+        },
+    }
+}
+
+/// The times before which each share of the non-void orders falls.
+pub fn split_times(orders: &[Order], shares: &[f64]) -> Vec<Timestamp> {
+    let mut t: Vec<Timestamp> = orders
+        .iter()
+        .filter(|o| !o.status.is_void())
+        .map(bought_at)
+        .collect();
+    if t.is_empty() {
+        return Vec::new();
+    }
+    t.sort_unstable();
+    shares
+        .iter()
+        .map(|s| t[((t.len() as f64 * s.clamp(0.0, 1.0)) as usize).min(t.len() - 1)])
+        .collect()
+}
+
+/// One back-test, with each tested customer's hit at k (recommender, popularity).
+fn evaluate_one(
+    products: &[Product],
+    orders: &[Order],
+    split_at: Option<Timestamp>,
+    k: usize,
+    strategy: Strategy,
+    max_price_ratio: f64,
+    cfg: &ModelConfig,
+) -> (EvalReport, Vec<bool>, Vec<bool>) {
     // Chronological, ties by position, so "last" and "first" are well defined.
     let mut live: Vec<(Timestamp, usize)> = orders
         .iter()
@@ -223,7 +338,9 @@ pub fn evaluate(
             })
             .collect()
     };
-    let (hit_ratio, hit_ratio_ci95) = ratio_ci(&hits_at_k(&pick), &hits_at_k(&popular));
+    let rec_hits = hits_at_k(&pick);
+    let pop_hits = hits_at_k(&popular);
+    let (hit_ratio, hit_ratio_ci95) = ratio_ci(&rec_hits, &pop_hits);
     let ranking = Ranking {
         recommender: table(&rec_ranks),
         popularity: table(&pop_ranks),
@@ -234,15 +351,17 @@ pub fn evaluate(
         .into_iter()
         .map(|s| (s.as_str().to_owned(), score(&pick, s)))
         .collect();
-    EvalReport {
+    let report = EvalReport {
         k,
         orders_tested: cases.len(),
         split_at: split.rfc3339(),
+        splits: vec![split.rfc3339()],
         recommender: per_strategy[strategy.as_str()],
         popularity: score(&popular, strategy),
         per_strategy,
         ranking,
-    }
+    };
+    (report, rec_hits, pop_hits)
 }
 
 /// Ratio of hit counts (recommender / baseline) and its 95 % percentile bootstrap

@@ -26,7 +26,10 @@ mod build;
 mod evaluate;
 
 pub use build::ModelBuilder;
-pub use evaluate::{CUTOFFS, EvalReport, RankScore, Ranking, Score, evaluate, ratio_ci};
+pub use evaluate::{
+    CUTOFFS, EvalReport, RankScore, Ranking, Score, evaluate, evaluate_pooled, ratio_ci,
+    split_times,
+};
 
 use crate::domain::{Money, Order, Product, ProductId, Strategy};
 use std::collections::{HashMap, HashSet};
