@@ -127,11 +127,7 @@ fn main() {
         let order = &sample[rng.below(sample.len())];
         let req = PickRequest {
             order,
-            strategy: if i % 2 == 0 {
-                Strategy::Complements
-            } else {
-                Strategy::Upgrades
-            },
+            strategy: Strategy::ALL[i % Strategy::ALL.len()],
             max_items: 3,
             max_price_ratio: 2.0,
             exclude: &exclude,
@@ -144,7 +140,7 @@ fn main() {
     times.sort_unstable();
     let us = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
     println!(
-        "{PICKS} picks (complements/upgrades alternating, max 3): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; {:.2} items per pick",
+        "{PICKS} picks (complements, upgrades, enhance in turn, max 3): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; {:.2} items per pick",
         us(0.5),
         us(0.99),
         us(1.0),

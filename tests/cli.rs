@@ -414,6 +414,38 @@ async fn evaluate_beats_popularity_and_refuses_bad_files() {
         ],
     );
     assert_eq!(code, 2);
+    // Three windows pooled; the SPEC fields stay, `splits` and `ranking` are added.
+    let orders = sample("orders.jsonl");
+    let (code, out, err) = run(
+        &env,
+        &[
+            "evaluate",
+            "--orders",
+            orders.to_str().unwrap(),
+            "--splits",
+            "0.8,0.85,0.9",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["splits"].as_array().unwrap().len(), 3, "{v}");
+    assert!(v["orders_tested"].as_u64().unwrap() > 300, "{v}");
+    assert!(v["recommender"]["hit_rate"].is_number());
+    assert!(v["ranking"]["popularity"]["10"]["mrr"].is_number());
+    assert_eq!(v["ranking"]["hit_ratio_ci95"].as_array().unwrap().len(), 2);
+    let (code, _, err) = run(
+        &env,
+        &[
+            "evaluate",
+            "--orders",
+            orders.to_str().unwrap(),
+            "--splits",
+            "0.8,1.5",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("--splits"), "{err}");
 }
 
 #[tokio::test]

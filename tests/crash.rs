@@ -205,7 +205,8 @@ async fn kill_9_five_times_loses_nothing_and_resends_at_most_what_was_in_flight(
         *times.entry(id.as_str()).or_default() += 1;
     }
     let sent: Vec<&FollowupRow> = rows.iter().filter(|r| r.state == "sent").collect();
-    assert!(sent.len() > total / 2, "{} of {total} sent", sent.len());
+    // Three campaigns; many enhance and upgrade follow-ups have nothing to recommend.
+    assert!(sent.len() > total / 3, "{} of {total} sent", sent.len());
     let mut known = HashSet::new();
     for r in &sent {
         let id = r.message_id.as_deref().unwrap();
@@ -299,7 +300,8 @@ async fn workers_side_by_side_send_each_followup_once(n: usize) {
     for r in &sent {
         assert!(distinct.contains(&id_of(&s, r)), "{r:?}");
     }
-    assert!(sent.len() > total / 2, "{} of {total} sent", sent.len());
+    // Three campaigns; many enhance and upgrade follow-ups have nothing to recommend.
+    assert!(sent.len() > total / 3, "{} of {total} sent", sent.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

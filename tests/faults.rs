@@ -330,7 +330,8 @@ async fn the_smtp_rate_limit_holds_across_workers() {
         &[("AFTERCART__SMTP__RATE_LIMIT", "25")],
     ));
     let store = store(&s).await;
-    import_sample(&store, &s, Some(60)).await;
+    // Enough orders for > 2 × rate messages with the shipped campaigns' picks.
+    import_sample(&store, &s, Some(90)).await;
     // Every message waits for its own slot, and slots are spaced `1/rate` apart from
     // the first reservation on; so the k-th arrival can come no earlier than k slots
     // after the start, however the machine delays individual sends.

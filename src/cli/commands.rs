@@ -148,6 +148,7 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
         Command::Evaluate {
             orders,
             split_at,
+            splits,
             k,
             campaign,
             json,
@@ -155,7 +156,10 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             evaluate(
                 &s,
                 &orders,
-                split_at.as_deref(),
+                Windows {
+                    split_at: split_at.as_deref(),
+                    splits: splits.as_deref(),
+                },
                 k,
                 campaign.as_deref(),
                 json,
@@ -577,18 +581,36 @@ async fn campaign(s: Settings, command: CampaignCommand, io: &mut Io<'_>) -> Res
     }
 }
 
+/// `evaluate --split-at TIME` or `--splits 0.8,0.85,0.9` (at most one is given).
+struct Windows<'a> {
+    split_at: Option<&'a str>,
+    splits: Option<&'a str>,
+}
+
 /// Back-tests on an orders file; the catalog is the database's, or `products.jsonl`
 /// beside the orders file when the database has none.
 async fn evaluate(
     s: &Settings,
     path: &std::path::Path,
-    split_at: Option<&str>,
+    Windows { split_at, splits }: Windows<'_>,
     k: usize,
     campaign: Option<&str>,
     json: bool,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let campaign = pick_campaign(s, campaign)?;
+    let shares: Option<Vec<f64>> = splits
+        .map(|list| {
+            list.split(',')
+                .map(|x| match x.trim().parse::<f64>() {
+                    Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+                    _ => Err(CliError::Usage(format!(
+                        "--splits: {x:?} is not a share between 0 and 1 (e.g. 0.8,0.85,0.9)"
+                    ))),
+                })
+                .collect()
+        })
+        .transpose()?;
     let split = split_at
         .map(parse_rfc3339)
         .transpose()
@@ -645,15 +667,26 @@ async fn evaluate(
     if orders.is_empty() {
         return Err(CliError::BadInput(format!("{name}: no orders")));
     }
-    let report = crate::recommend::evaluate(
-        &products,
-        &orders,
-        split,
-        k,
-        campaign.strategy,
-        campaign.max_price_ratio,
-        &Default::default(),
-    );
+    let report = match &shares {
+        Some(shares) => crate::recommend::evaluate_pooled(
+            &products,
+            &orders,
+            shares,
+            k,
+            campaign.strategy,
+            campaign.max_price_ratio,
+            &Default::default(),
+        ),
+        None => crate::recommend::evaluate(
+            &products,
+            &orders,
+            split,
+            k,
+            campaign.strategy,
+            campaign.max_price_ratio,
+            &Default::default(),
+        ),
+    };
     if json {
         writeln!(
             io.out,
@@ -669,7 +702,12 @@ async fn evaluate(
 fn describe_eval(r: &crate::recommend::EvalReport) -> String {
     let mut s = format!(
         "evaluated {} customers' next order after {} (k = {})\n{:<14} {:>9} {:>9}\n",
-        r.orders_tested, r.split_at, r.k, "", "hit rate", "coverage"
+        r.orders_tested,
+        r.splits.join(", "),
+        r.k,
+        "",
+        "hit rate",
+        "coverage"
     );
     s.push_str(&format!(
         "{:<14} {:>9.3} {:>9.3}\n",
@@ -684,6 +722,22 @@ fn describe_eval(r: &crate::recommend::EvalReport) -> String {
             "\n{:<14} {:>9.3} {:>9.3}",
             name, sc.hit_rate, sc.coverage
         ));
+    }
+    let g = &r.ranking;
+    s.push_str(&format!(
+        "\nhit-rate ratio {:.2} (95 % bootstrap interval {:.2} to {:.2})\n{:<14} {:>4} {:>7} {:>7} {:>7}",
+        g.hit_ratio, g.hit_ratio_ci95[0], g.hit_ratio_ci95[1], "", "k", "hit", "recall", "mrr"
+    ));
+    for (side, t) in [
+        ("recommender", &g.recommender),
+        ("popularity", &g.popularity),
+    ] {
+        for (k, m) in t {
+            s.push_str(&format!(
+                "\n{side:<14} {k:>4} {:>7.3} {:>7.3} {:>7.3}",
+                m.hit, m.recall, m.mrr
+            ));
+        }
     }
     s
 }

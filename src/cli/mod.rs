@@ -83,6 +83,10 @@ pub enum Command {
         orders: PathBuf,
         #[arg(long)]
         split_at: Option<String>,
+        /// Several chronological windows pooled: shares of the orders before each split
+        /// ("0.8,0.85,0.9"); not with --split-at.
+        #[arg(long, conflicts_with = "split_at")]
+        splits: Option<String>,
         #[arg(long, default_value_t = 3)]
         k: usize,
         #[arg(long)]

@@ -14,7 +14,9 @@ fn load_text(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError>
 #[test]
 fn shipped_config_loads() {
     let s = Settings::load_with_env(None, &[]).unwrap();
-    assert_eq!(s.campaigns.len(), 2);
+    assert_eq!(s.campaigns.len(), 3);
+    assert_eq!(s.campaigns[2].name.as_str(), "enhance");
+    assert_eq!(s.campaigns[2].strategy, Strategy::Enhance);
     assert_eq!(
         s.default_campaign().unwrap().name.as_str(),
         "complete_your_setup"

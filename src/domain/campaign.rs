@@ -22,13 +22,20 @@ pub enum Strategy {
     Complements,
     /// "Customers who bought this later upgraded to…".
     Upgrades,
+    /// "Accessories that enhance your experience": what owners add weeks to months after
+    /// buying (not in the same order or setup window).
+    Enhance,
 }
 
 impl Strategy {
+    /// Every strategy, in the order reports list them.
+    pub const ALL: [Strategy; 3] = [Self::Complements, Self::Upgrades, Self::Enhance];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Complements => "complements",
             Self::Upgrades => "upgrades",
+            Self::Enhance => "enhance",
         }
     }
 }

@@ -432,6 +432,7 @@ impl Engine {
                     reason: p.reason.clone(),
                     category: p.category.clone(),
                     brand: p.brand.clone(),
+                    fallback: p.fallback,
                 })
                 .collect(),
             unsubscribe_url,

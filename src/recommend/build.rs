@@ -91,6 +91,7 @@ impl ModelBuilder {
         let cfg = &self.cfg;
         let win_c = cfg.copurchase_window.as_millis() as i64;
         let win_u = cfg.upgrade_window.as_millis() as i64;
+        let win_e = cfg.enhance_window.as_millis() as i64;
         let n_orders = self.orders.len();
         let n_customers = self.customers.len() as u32;
         // Free the customer-id strings before the counting peak.
@@ -109,16 +110,19 @@ impl ModelBuilder {
             .sort_unstable_by_key(|&k| (self.orders[k as usize].0, self.orders[k as usize].1, k));
 
         let mut buyers = vec![0u32; np];
+        let mut rebuyers = vec![0u32; np];
         let mut leaf_buyers = vec![0u32; nl];
         let mut comp = PairCount::new(np, np);
         let mut ever = PairCount::new(np, np);
         let mut cat = PairCount::new(nl, np);
+        let mut later = PairCount::new(np, np);
         let mut upg: HashMap<u64, (u32, i64)> = HashMap::new();
 
         let mut bought: Vec<u32> = Vec::new();
         let mut pairs: Vec<u64> = Vec::new();
         let mut cat_pairs: Vec<u64> = Vec::new();
         let mut up_pairs: Vec<(u64, i64)> = Vec::new();
+        let mut later_pairs: Vec<u64> = Vec::new();
         let price = |i: u32| self.products[i as usize].price;
         let leaf = &self.leaf;
         for group in
@@ -128,13 +132,14 @@ impl ModelBuilder {
             pairs.clear();
             cat_pairs.clear();
             up_pairs.clear();
+            later_pairs.clear();
             for (gi, &oi) in group.iter().enumerate() {
                 let t0 = self.orders[oi as usize].1;
                 let first = items_of(oi as usize);
                 bought.extend_from_slice(first);
                 for (gj, &oj) in group.iter().enumerate().skip(gi) {
                     let dt = self.orders[oj as usize].1 - t0;
-                    if dt > win_c.max(win_u) {
+                    if dt > win_c.max(win_u).max(win_e) {
                         break;
                     }
                     let later = items_of(oj as usize);
@@ -151,6 +156,9 @@ impl ModelBuilder {
                                     cat_pairs.push(key(l, b));
                                 }
                             }
+                            if gj > gi && dt > win_c && dt <= win_e && !same_leaf {
+                                later_pairs.push(key(a, b));
+                            }
                             if gj > gi && dt <= win_u && same_leaf && price(b) > price(a) {
                                 up_pairs.push((key(a, b), dt));
                             }
@@ -161,6 +169,12 @@ impl ModelBuilder {
             // Each pattern counts once per customer: a customer re-ordering a consumable
             // ten times is one customer, not ten.
             bought.sort_unstable();
+            // Items are distinct within an order: a run is a product re-bought later.
+            for run in bought.chunk_by(|x, y| x == y) {
+                if run.len() > 1 {
+                    rebuyers[run[0] as usize] += 1;
+                }
+            }
             bought.dedup();
             for &p in &bought {
                 buyers[p as usize] += 1;
@@ -191,6 +205,11 @@ impl ModelBuilder {
             for &k in &cat_pairs {
                 cat.add(k);
             }
+            later_pairs.sort_unstable();
+            later_pairs.dedup();
+            for &k in &later_pairs {
+                later.add(k);
+            }
             // Keep each customer's first (shortest) delay per pair.
             up_pairs.sort_unstable();
             up_pairs.dedup_by_key(|x| x.0);
@@ -205,6 +224,7 @@ impl ModelBuilder {
         let comp_rows = comp.rows();
         let ever_rows = ever.rows();
         let cat_rows = cat.rows();
+        let later_rows = later.rows();
         let mut upg_rows: Vec<Vec<(u32, u32, i64)>> = vec![Vec::new(); np];
         // Customers who moved up to each product from any cheaper item of its leaf.
         let mut upgraded_to = vec![0u32; np];
@@ -228,8 +248,15 @@ impl ModelBuilder {
         }
 
         let n_all = f64::from(n_customers.max(1));
+        let consumable: Vec<bool> = (0..np)
+            .map(|p| {
+                rebuyers[p] >= cfg.consumable_rebuyers
+                    && f64::from(rebuyers[p]) >= cfg.consumable_share * f64::from(buyers[p])
+            })
+            .collect();
         let mut complements = Vec::with_capacity(np);
         let mut upgrades = Vec::with_capacity(np);
+        let mut enhance = Vec::with_capacity(np);
         for a in 0..np as u32 {
             let ai = a as usize;
             let na = f64::from(buyers[ai].max(1));
@@ -310,9 +337,12 @@ impl ModelBuilder {
 
             // Upgrades: mined sequences first (score = count + confidence, so the count
             // ranks and the confidence breaks ties).
+            // Consumables are re-bought, not upgraded: none from one, none to one.
             let mut ups: Vec<Cand> = upg_rows[ai]
                 .iter()
-                .filter(|&&(_, n, _)| n >= cfg.min_upgrade_support)
+                .filter(|&&(b, n, _)| {
+                    n >= cfg.min_upgrade_support && !consumable[ai] && !consumable[b as usize]
+                })
                 .map(|&(b, n, dt)| Cand {
                     idx: b,
                     score: f64::from(n) + f64::from(n) / na,
@@ -325,14 +355,25 @@ impl ModelBuilder {
             // Thin data: pad with the most-bought pricier items of the same leaf (< 0.5),
             // counting purchases that were upgrades first: a product people move up to
             // is a better guess than one bought as a first choice.
-            if (ups.is_empty() || buyers[ai] < cfg.thin_history) && leaf[ai].is_some() {
+            // Only a real step up: clearly pricier and, where both carry a tier tag, a
+            // higher tier. Brand is no condition: customers move up across brands.
+            if (ups.is_empty() || buyers[ai] < cfg.thin_history)
+                && leaf[ai].is_some()
+                && !consumable[ai]
+            {
                 let pa = self.products[ai].price;
+                let min_price = cfg.step_up * pa.minor() as f64;
+                let ta = tier(&self.products[ai]);
                 let mut known: HashSet<u32> = ups.iter().map(|c| c.idx).collect();
                 for b in 0..np as u32 {
                     let nb = buyers[b as usize];
+                    let pb = &self.products[b as usize];
                     if same_leaf(b)
                         && b != a
-                        && self.products[b as usize].price > pa
+                        && pb.price > pa
+                        && pb.price.minor() as f64 >= min_price
+                        && ta.is_none_or(|x| tier(pb).is_none_or(|y| y > x))
+                        && !consumable[b as usize]
                         && nb > 0
                         && known.insert(b)
                     {
@@ -347,6 +388,45 @@ impl ModelBuilder {
                 }
             }
             upgrades.push(self.top(ups));
+
+            // Enhance: other-leaf items owners added after the setup window. Catalog
+            // accessories that owners added later first (1–2), then mined "added later"
+            // pairs with enough support and more often than chance (0–1).
+            let later_n: HashMap<u32, u32> = later_rows[ai].iter().copied().collect();
+            let mut add: HashMap<u32, Cand> = HashMap::new();
+            for &(b, n) in &later_rows[ai] {
+                let lift = f64::from(n) * n_all / (na * f64::from(buyers[b as usize].max(1)));
+                // Consumables are re-bought supplies, not accessories, on either side.
+                if !same_leaf(b)
+                    && !consumable[ai]
+                    && !consumable[b as usize]
+                    && n >= cfg.min_support
+                    && lift >= cfg.min_enhance_lift
+                {
+                    add.insert(
+                        b,
+                        Cand {
+                            idx: b,
+                            score: f64::from(n) / na,
+                            why: Why::AddedLater { n },
+                        },
+                    );
+                }
+            }
+            for &b in &fits[ai] {
+                let n = later_n.get(&b).copied().unwrap_or(0);
+                if !same_leaf(b) && n > 0 {
+                    add.insert(
+                        b,
+                        Cand {
+                            idx: b,
+                            score: 1.0 + f64::from(n) / na,
+                            why: Why::FitsLater { n },
+                        },
+                    );
+                }
+            }
+            enhance.push(self.top(add.into_values().collect()));
         }
 
         let ids = |lists: &Vec<Vec<Cand>>| -> Vec<Vec<(ProductId, f64)>> {
@@ -361,6 +441,9 @@ impl ModelBuilder {
         };
         let complement_ids = ids(&complements);
         let upgrade_ids = ids(&upgrades);
+        let enhance_ids = ids(&enhance);
+        let month = |ms: i64| ((ms as f64 / (30.0 * 86_400_000.0)).round() as u32).max(1);
+        let later_months = (month(win_c), month(win_e).max(month(win_c)));
         let mut popular: Vec<u32> = (0..np as u32).collect();
         popular.sort_by(|&x, &y| {
             buyers[y as usize].cmp(&buyers[x as usize]).then(
@@ -374,13 +457,18 @@ impl ModelBuilder {
             index: self.index,
             leaf: self.leaf,
             buyers,
+            consumable,
             complements,
             upgrades,
             complement_ids,
             upgrade_ids,
+            enhance,
+            enhance_ids,
+            later_months,
             popular,
             customers: n_customers,
             orders: n_orders as u64,
+            sum_over_anchors: self.cfg.sum_over_anchors,
         }
     }
 
@@ -397,6 +485,18 @@ impl ModelBuilder {
         c.shrink_to_fit();
         c
     }
+}
+
+/// The price tier a product's tags name ("entry-level" < "mid-range" < "premium").
+fn tier(p: &Product) -> Option<u8> {
+    p.tags
+        .iter()
+        .find_map(|t| match t.to_ascii_lowercase().as_str() {
+            "entry-level" | "entry" | "budget" | "basic" => Some(0),
+            "mid-range" | "midrange" | "mid" => Some(1),
+            "premium" | "pro" | "high-end" => Some(2),
+            _ => None,
+        })
 }
 
 fn key(a: u32, b: u32) -> u64 {

@@ -15,18 +15,47 @@ pub struct Score {
     pub coverage: f64,
 }
 
+/// Ranking figures at one cut-off k, averaged over tested customers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RankScore {
+    /// Share of customers whose next order holds ≥ 1 of the top k.
+    pub hit: f64,
+    /// Share of the next order's products found in the top k.
+    pub recall: f64,
+    /// Mean of 1 / rank of the first hit in the top k (0 without a hit).
+    pub mrr: f64,
+}
+
+/// The requested strategy and the popularity baseline at k ∈ {1, 3, 5, 10}, and the
+/// ratio of their hit rates at the requested k with a 95 % bootstrap interval
+/// (customers resampled, 1,000 times, fixed seed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranking {
+    pub recommender: BTreeMap<usize, RankScore>,
+    pub popularity: BTreeMap<usize, RankScore>,
+    pub hit_ratio: f64,
+    pub hit_ratio_ci95: [f64; 2],
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     pub k: usize,
     pub orders_tested: usize,
-    /// RFC 3339.
+    /// RFC 3339 (the first split when several windows are pooled).
     pub split_at: String,
+    /// Every split of the back-test (one unless pooled), RFC 3339.
+    pub splits: Vec<String>,
     /// The requested strategy.
     pub recommender: Score,
     pub popularity: Score,
-    /// Every strategy, by name ("complements", "upgrades").
+    /// Every strategy, by name ("complements", "upgrades", "enhance").
     pub per_strategy: BTreeMap<String, Score>,
+    /// hit@k, recall@k, MRR@k and the hit-rate ratio's interval (issue 11).
+    pub ranking: Ranking,
 }
+
+/// The cut-offs `ranking` reports.
+pub const CUTOFFS: [usize; 4] = [1, 3, 5, 10];
 
 /// One customer around the split: last order before, first after (indices into the
 /// orders), and everything bought before.
@@ -50,6 +79,119 @@ pub fn evaluate(
     max_price_ratio: f64,
     cfg: &ModelConfig,
 ) -> EvalReport {
+    evaluate_one(
+        products,
+        orders,
+        split_at,
+        k,
+        strategy,
+        max_price_ratio,
+        cfg,
+    )
+    .0
+}
+
+/// Several chronological windows pooled (`evaluate --splits 0.8,0.85,0.9`): one back-test
+/// per split (the time before which that share of the non-void orders falls), then every
+/// rate weighted by the customers each window tested (coverage too), `orders_tested`
+/// summed, and the hit-rate interval bootstrapped over all tested customers together.
+/// `split_at` is the first split; `splits` lists them all.
+pub fn evaluate_pooled(
+    products: &[Product],
+    orders: &[Order],
+    shares: &[f64],
+    k: usize,
+    strategy: Strategy,
+    max_price_ratio: f64,
+    cfg: &ModelConfig,
+) -> EvalReport {
+    let times = split_times(orders, shares);
+    let runs: Vec<_> = times
+        .iter()
+        .map(|&t| evaluate_one(products, orders, Some(t), k, strategy, max_price_ratio, cfg))
+        .collect();
+    let Some(first) = runs.first() else {
+        return evaluate(products, orders, None, k, strategy, max_price_ratio, cfg);
+    };
+    let n: usize = runs.iter().map(|r| r.0.orders_tested).sum();
+    let w = |r: &EvalReport| r.orders_tested as f64 / n.max(1) as f64;
+    let score = |f: &dyn Fn(&EvalReport) -> Score| Score {
+        hit_rate: runs.iter().map(|r| w(&r.0) * f(&r.0).hit_rate).sum(),
+        coverage: runs.iter().map(|r| w(&r.0) * f(&r.0).coverage).sum(),
+    };
+    let rank = |f: &dyn Fn(&Ranking) -> &BTreeMap<usize, RankScore>| -> BTreeMap<usize, RankScore> {
+        CUTOFFS
+            .iter()
+            .map(|c| {
+                let sum = |g: fn(&RankScore) -> f64| {
+                    runs.iter()
+                        .map(|r| w(&r.0) * f(&r.0.ranking).get(c).map_or(0.0, g))
+                        .sum::<f64>()
+                };
+                (
+                    *c,
+                    RankScore {
+                        hit: sum(|x| x.hit),
+                        recall: sum(|x| x.recall),
+                        mrr: sum(|x| x.mrr),
+                    },
+                )
+            })
+            .collect()
+    };
+    let rec_hits: Vec<bool> = runs.iter().flat_map(|r| r.1.iter().copied()).collect();
+    let pop_hits: Vec<bool> = runs.iter().flat_map(|r| r.2.iter().copied()).collect();
+    let (hit_ratio, hit_ratio_ci95) = ratio_ci(&rec_hits, &pop_hits);
+    let per_strategy = first
+        .0
+        .per_strategy
+        .keys()
+        .map(|name| (name.clone(), score(&|r: &EvalReport| r.per_strategy[name])))
+        .collect();
+    EvalReport {
+        k,
+        orders_tested: n,
+        split_at: first.0.split_at.clone(),
+        splits: runs.iter().map(|r| r.0.split_at.clone()).collect(),
+        recommender: score(&|r: &EvalReport| r.recommender),
+        popularity: score(&|r: &EvalReport| r.popularity),
+        per_strategy,
+        ranking: Ranking {
+            recommender: rank(&|g: &Ranking| &g.recommender),
+            popularity: rank(&|g: &Ranking| &g.popularity),
+            hit_ratio,
+            hit_ratio_ci95,
+        },
+    }
+}
+
+/// The times before which each share of the non-void orders falls.
+pub fn split_times(orders: &[Order], shares: &[f64]) -> Vec<Timestamp> {
+    let mut t: Vec<Timestamp> = orders
+        .iter()
+        .filter(|o| !o.status.is_void())
+        .map(bought_at)
+        .collect();
+    if t.is_empty() {
+        return Vec::new();
+    }
+    t.sort_unstable();
+    shares
+        .iter()
+        .map(|s| t[((t.len() as f64 * s.clamp(0.0, 1.0)) as usize).min(t.len() - 1)])
+        .collect()
+}
+
+/// One back-test, with each tested customer's hit at k (recommender, popularity).
+fn evaluate_one(
+    products: &[Product],
+    orders: &[Order],
+    split_at: Option<Timestamp>,
+    k: usize,
+    strategy: Strategy,
+    max_price_ratio: f64,
+    cfg: &ModelConfig,
+) -> (EvalReport, Vec<bool>, Vec<bool>) {
     // Chronological, ties by position, so "last" and "first" are well defined.
     let mut live: Vec<(Timestamp, usize)> = orders
         .iter()
@@ -123,18 +265,143 @@ pub fn evaluate(
     };
     let pick = |r: &PickRequest| model.pick(r);
     let popular = |r: &PickRequest| model.popular(r);
-    let per_strategy: BTreeMap<String, Score> = [Strategy::Complements, Strategy::Upgrades]
+    // Per customer and cut-off: (hit, recall, reciprocal rank).
+    let ranks = |run: &dyn Fn(&PickRequest) -> Vec<super::Pick>| -> Vec<Vec<(f64, f64, f64)>> {
+        cases
+            .iter()
+            .map(|(req_order, next, exclude)| {
+                let mut wanted: Vec<&ProductId> =
+                    next.items.iter().map(|it| &it.product_id).collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                CUTOFFS
+                    .iter()
+                    .map(|&c| {
+                        let picks = run(&PickRequest {
+                            order: req_order,
+                            strategy,
+                            max_items: c,
+                            max_price_ratio,
+                            exclude,
+                        });
+                        let found: Vec<usize> = picks
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, p)| wanted.contains(&&p.product_id))
+                            .map(|(i, _)| i)
+                            .collect();
+                        (
+                            f64::from(u8::from(!found.is_empty())),
+                            found.len() as f64 / wanted.len().max(1) as f64,
+                            found.first().map_or(0.0, |&i| 1.0 / (i + 1) as f64),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let rec_ranks = ranks(&pick);
+    let pop_ranks = ranks(&popular);
+    let table = |r: &[Vec<(f64, f64, f64)>]| -> BTreeMap<usize, RankScore> {
+        let n = r.len().max(1) as f64;
+        CUTOFFS
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| {
+                let sum =
+                    |f: fn(&(f64, f64, f64)) -> f64| r.iter().map(|x| f(&x[j])).sum::<f64>() / n;
+                (
+                    c,
+                    RankScore {
+                        hit: sum(|x| x.0),
+                        recall: sum(|x| x.1),
+                        mrr: sum(|x| x.2),
+                    },
+                )
+            })
+            .collect()
+    };
+    // Hits per customer at the requested k (not necessarily a reported cut-off).
+    let hits_at_k = |run: &dyn Fn(&PickRequest) -> Vec<super::Pick>| -> Vec<bool> {
+        cases
+            .iter()
+            .map(|(req_order, next, exclude)| {
+                run(&PickRequest {
+                    order: req_order,
+                    strategy,
+                    max_items: k,
+                    max_price_ratio,
+                    exclude,
+                })
+                .iter()
+                .any(|p| next.items.iter().any(|it| it.product_id == p.product_id))
+            })
+            .collect()
+    };
+    let rec_hits = hits_at_k(&pick);
+    let pop_hits = hits_at_k(&popular);
+    let (hit_ratio, hit_ratio_ci95) = ratio_ci(&rec_hits, &pop_hits);
+    let ranking = Ranking {
+        recommender: table(&rec_ranks),
+        popularity: table(&pop_ranks),
+        hit_ratio,
+        hit_ratio_ci95,
+    };
+    let per_strategy: BTreeMap<String, Score> = Strategy::ALL
         .into_iter()
         .map(|s| (s.as_str().to_owned(), score(&pick, s)))
         .collect();
-    EvalReport {
+    let report = EvalReport {
         k,
         orders_tested: cases.len(),
         split_at: split.rfc3339(),
+        splits: vec![split.rfc3339()],
         recommender: per_strategy[strategy.as_str()],
         popularity: score(&popular, strategy),
         per_strategy,
+        ranking,
+    };
+    (report, rec_hits, pop_hits)
+}
+
+/// Ratio of hit counts (recommender / baseline) and its 95 % percentile bootstrap
+/// interval over customers (1,000 resamples, fixed seed, so reports are reproducible).
+pub fn ratio_ci(rec: &[bool], base: &[bool]) -> (f64, [f64; 2]) {
+    let r = |a: usize, b: usize| {
+        if b == 0 {
+            f64::INFINITY
+        } else {
+            a as f64 / b as f64
+        }
+    };
+    let count = |v: &[bool]| v.iter().filter(|&&x| x).count();
+    let point = r(count(rec), count(base));
+    let n = rec.len().min(base.len());
+    if n == 0 {
+        return (point, [point, point]);
     }
+    let mut state: u64 = 0x0005_EED0_FA11_CA27;
+    let mut next = || {
+        // splitmix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut draws: Vec<f64> = (0..1000)
+        .map(|_| {
+            let (mut a, mut b) = (0, 0);
+            for _ in 0..n {
+                let i = (next() % n as u64) as usize;
+                a += usize::from(rec[i]);
+                b += usize::from(base[i]);
+            }
+            r(a, b)
+        })
+        .collect();
+    draws.sort_by(f64::total_cmp);
+    (point, [draws[24], draws[974]])
 }
 
 fn ratio(n: usize, d: usize) -> f64 {

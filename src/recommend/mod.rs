@@ -6,26 +6,40 @@
 //! swaps it on rebuild) and answers [`Model::pick`] from short per-product candidate
 //! lists computed at build time, so a pick only merges and filters a few hundred entries.
 //!
-//! Two strategies (see `docs/recommendations.md`):
+//! Three strategies (see `docs/recommendations.md`):
 //! - complements ("complete your setup"): catalog compatibility in either direction,
 //!   then co-purchase (same order or within `copurchase_window` after it, by the same
 //!   customer) scored by confidence with a minimum support and lift, then "also bought"
 //!   (same customers, any time) at half weight, then a leaf-category fallback for products
 //!   with little history; same-leaf items are substitutes and never complements;
 //! - upgrades: customers who bought `a` and later (within `upgrade_window`) bought a pricier
-//!   `b` of the same leaf category; a "popular pricier choice" fallback when data is thin.
+//!   `b` of the same leaf category; a "popular pricier choice" fallback when data is thin,
+//!   only as a real step up (≥ `step_up` × the price, a higher tier tag where both have one);
+//!   never from or to a consumable (a product its buyers re-buy); up to `max_items`
+//!   alternatives (the one-per-leaf rule is for the other strategies);
+//! - enhance ("accessories that enhance your experience"): what owners of `a` bought from
+//!   another leaf category later than the setup window (`copurchase_window`) and within
+//!   `enhance_window`; never a substitute or upgrade (same leaf), never what the setup
+//!   email picks for the same order.
 
 mod build;
 mod evaluate;
 
 pub use build::ModelBuilder;
-pub use evaluate::{EvalReport, Score, evaluate};
+pub use evaluate::{
+    CUTOFFS, EvalReport, RankScore, Ranking, Score, evaluate, evaluate_pooled, ratio_ci,
+    split_times,
+};
 
 use crate::domain::{Money, Order, Product, ProductId, Strategy};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// How many complement picks of the same order the enhance strategy leaves out (what a
+/// "complete your setup" email shows).
+const SETUP_ITEMS: usize = 3;
 
 /// Tunables of the model. `Default` gives the documented values.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +48,9 @@ pub struct ModelConfig {
     pub copurchase_window: Duration,
     /// A pricier same-leaf purchase within this time after buying `a` counts as an upgrade.
     pub upgrade_window: Duration,
+    /// A purchase from another leaf later than `copurchase_window` and within this time
+    /// after buying `a` counts as "added later" (the enhance strategy).
+    pub enhance_window: Duration,
     /// Length of each product's precomputed candidate list.
     pub top_n: usize,
     /// Co-purchase pairs need at least this many customers (compatible pairs need none).
@@ -45,6 +62,20 @@ pub struct ModelConfig {
     /// A product bought by fewer customers than this has "little history": its complements
     /// are padded with the leaf-category fallback and its upgrades with popular pricier items.
     pub thin_history: u32,
+    /// A "popular pricier choice" fallback must cost at least this × the product.
+    pub step_up: f64,
+    /// A product is a consumable (re-bought, never upgraded) when at least
+    /// `consumable_rebuyers` of its buyers, and this share of them, bought it in two or
+    /// more orders.
+    pub consumable_share: f64,
+    pub consumable_rebuyers: u32,
+    /// Mined "added later" pairs (enhance) need at least this lift: owners of the product
+    /// add it this many times as often as customers in general.
+    pub min_enhance_lift: f64,
+    /// A candidate reached from several products of the order scores the sum of its
+    /// evidence (`true`) or its best single entry (`false`); the reason names the product
+    /// with the best entry either way.
+    pub sum_over_anchors: bool,
 }
 
 impl Default for ModelConfig {
@@ -52,11 +83,17 @@ impl Default for ModelConfig {
         Self {
             copurchase_window: 30 * DAY,
             upgrade_window: 180 * DAY,
+            enhance_window: 365 * DAY,
             top_n: 50,
             min_support: 3,
-            min_lift: 1.2,
+            min_lift: 0.0,
             min_upgrade_support: 2,
             thin_history: 20,
+            step_up: 1.25,
+            consumable_share: 0.2,
+            consumable_rebuyers: 3,
+            min_enhance_lift: 2.0,
+            sum_over_anchors: true,
         }
     }
 }
@@ -95,6 +132,9 @@ pub struct Pick {
     /// Why this item, naming the product of the order it comes from and the counts.
     pub reason: String,
     pub score: f64,
+    /// A guess for thin data (a popular pricier item, what buyers of the category add),
+    /// not customers doing it: wording must not claim "customers upgraded".
+    pub fallback: bool,
 }
 
 /// Why a candidate is on a list; turned into words only for the items actually picked.
@@ -115,6 +155,11 @@ enum Why {
     /// Fallback: a pricier item of the anchor's leaf category bought by `n` customers,
     /// `up` of whom moved up to it from a cheaper item of the leaf.
     PopularPricier { n: u32, up: u32 },
+    /// `n` customers who bought the anchor added the candidate later (after the setup
+    /// window, within the enhance window).
+    AddedLater { n: u32 },
+    /// The candidate lists the anchor in `compatible_with` and `n` owners added it later.
+    FitsLater { n: u32 },
     /// Popularity baseline: bought by `n` customers.
     Bestseller { n: u32 },
 }
@@ -135,14 +180,21 @@ pub struct Model {
     leaf: Vec<Option<u32>>,
     /// Distinct customers who bought each product.
     buyers: Vec<u32>,
+    /// Products their buyers re-buy (never upgraded from or to).
+    consumable: Vec<bool>,
     complements: Vec<Vec<Cand>>,
     upgrades: Vec<Vec<Cand>>,
+    enhance: Vec<Vec<Cand>>,
     complement_ids: Vec<Vec<(ProductId, f64)>>,
     upgrade_ids: Vec<Vec<(ProductId, f64)>>,
+    enhance_ids: Vec<Vec<(ProductId, f64)>>,
+    /// "Added later" spans from this many months to this many after buying (rounded).
+    later_months: (u32, u32),
     /// All products, most bought first (ties: id).
     popular: Vec<u32>,
     customers: u32,
     orders: u64,
+    sum_over_anchors: bool,
 }
 
 impl Model {
@@ -175,6 +227,13 @@ impl Model {
         self.customers
     }
 
+    /// Whether the data shows `id` as a consumable (re-bought by a good share of its buyers).
+    pub fn is_consumable(&self, id: &ProductId) -> bool {
+        self.index
+            .get(id)
+            .is_some_and(|&i| self.consumable[i as usize])
+    }
+
     /// The ranked complement candidates of one product, before any filter.
     pub fn complement_candidates(&self, id: &ProductId) -> &[(ProductId, f64)] {
         self.index
@@ -189,15 +248,37 @@ impl Model {
             .map_or(&[], |&i| &self.upgrade_ids[i as usize])
     }
 
+    /// The ranked enhance candidates of one product, before any filter.
+    pub fn enhance_candidates(&self, id: &ProductId) -> &[(ProductId, f64)] {
+        self.index
+            .get(id)
+            .map_or(&[], |&i| &self.enhance_ids[i as usize])
+    }
+
     /// The items to recommend after `req.order`, best first, with every rule applied.
     pub fn pick(&self, req: &PickRequest) -> Vec<Pick> {
         let anchors = self.anchors(req.order);
         let lists = match req.strategy {
             Strategy::Complements => &self.complements,
             Strategy::Upgrades => &self.upgrades,
+            Strategy::Enhance => &self.enhance,
         };
-        // Best entry per candidate over all items of the order (max, not sum: the reason
-        // then names one real product and its true count).
+        // Enhance never repeats what the setup email picks for the same order (the
+        // emails actually sent are excluded by the caller through `emailed_recently`).
+        let setup: Vec<ProductId> = if req.strategy == Strategy::Enhance {
+            self.pick(&PickRequest {
+                strategy: Strategy::Complements,
+                max_items: SETUP_ITEMS,
+                ..*req
+            })
+            .into_iter()
+            .map(|p| p.product_id)
+            .collect()
+        } else {
+            Vec::new()
+        };
+        // Per candidate over all items of the order: the sum of the evidence (or the best
+        // entry); the reason names the product of the best entry with its true count.
         let mut merged: Vec<(u32, Cand)> = Vec::with_capacity(anchors.len() * 50);
         for &a in &anchors {
             merged.extend(lists[a as usize].iter().map(|c| (a, *c)));
@@ -208,12 +289,24 @@ impl Model {
                 .then(y.1.score.total_cmp(&x.1.score))
                 .then(self.id(x.0).cmp(self.id(y.0)))
         });
-        merged.dedup_by_key(|x| x.1.idx);
+        if self.sum_over_anchors {
+            // The first entry of each run is the best: it keeps its anchor and reason.
+            let mut out: Vec<(u32, Cand)> = Vec::with_capacity(merged.len());
+            for e in merged {
+                match out.last_mut() {
+                    Some(last) if last.1.idx == e.1.idx => last.1.score += e.1.score,
+                    _ => out.push(e),
+                }
+            }
+            merged = out;
+        } else {
+            merged.dedup_by_key(|x| x.1.idx);
+        }
         let ranked: Vec<(u32, Cand)> = merged
             .into_iter()
-            .filter(|(_, c)| self.allowed(c.idx, req))
+            .filter(|(_, c)| self.allowed(c.idx, req) && !setup.contains(self.id(c.idx)))
             .collect();
-        self.select(ranked, req.max_items)
+        self.select(ranked, req.max_items, req.strategy != Strategy::Upgrades)
     }
 
     /// Popularity baseline: the most-bought products, with the same rules as [`pick`].
@@ -246,7 +339,7 @@ impl Model {
                 break;
             }
         }
-        self.select(ranked, req.max_items)
+        self.select(ranked, req.max_items, req.strategy != Strategy::Upgrades)
     }
 
     fn id(&self, i: u32) -> &ProductId {
@@ -278,8 +371,14 @@ impl Model {
     }
 
     /// Takes ranked, allowed candidates (any order) to at most `max_items` picks, one per
-    /// leaf category, preferring a new brand among candidates whose scores tie.
-    fn select(&self, mut ranked: Vec<(u32, Cand)>, max_items: usize) -> Vec<Pick> {
+    /// leaf category when `one_per_leaf`, preferring a new brand among candidates whose
+    /// scores tie.
+    fn select(
+        &self,
+        mut ranked: Vec<(u32, Cand)>,
+        max_items: usize,
+        one_per_leaf: bool,
+    ) -> Vec<Pick> {
         ranked.sort_by(|x, y| {
             y.1.score
                 .total_cmp(&x.1.score)
@@ -290,8 +389,8 @@ impl Model {
         let mut brands: Vec<&str> = Vec::new();
         let mut out = Vec::new();
         let leaf_free = |i: usize, leaves: &[u32]| match self.leaf[ranked[i].1.idx as usize] {
-            Some(l) => !leaves.contains(&l),
-            None => true,
+            Some(l) if one_per_leaf => !leaves.contains(&l),
+            _ => true,
         };
         while out.len() < max_items {
             let Some(first) = (0..ranked.len()).find(|&i| !used[i] && leaf_free(i, &leaves)) else {
@@ -327,9 +426,20 @@ impl Model {
                 brand: p.brand.clone(),
                 reason: self.reason(anchor, c.why),
                 score: c.score,
+                fallback: matches!(c.why, Why::PopularPricier { .. } | Why::CategoryAdd { .. }),
             });
         }
         out
+    }
+
+    /// "1 to 12 months", the span "added later" counts.
+    fn later_span(&self) -> String {
+        let (lo, hi) = self.later_months;
+        if lo == hi {
+            format!("{lo} {}", if lo == 1 { "month" } else { "months" })
+        } else {
+            format!("{lo} to {hi} months")
+        }
     }
 
     fn reason(&self, anchor: u32, why: Why) -> String {
@@ -391,6 +501,22 @@ impl Model {
                 a.title,
                 customers(n),
                 up
+            ),
+            Why::AddedLater { n } => format!(
+                "{} who bought the {} added this {} later",
+                customers(n),
+                a.title,
+                self.later_span()
+            ),
+            Why::FitsLater { n } => format!(
+                "fits your {} (compatible accessory); {} added it {} after buying",
+                a.title,
+                if n == 1 {
+                    "1 owner".to_owned()
+                } else {
+                    format!("{n} owners")
+                },
+                self.later_span()
             ),
             Why::Bestseller { n } => format!("one of our bestsellers, bought by {}", customers(n)),
         }

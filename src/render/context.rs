@@ -108,12 +108,15 @@ pub struct PickedItem {
     pub reason: String,
     pub category: Option<String>,
     pub brand: Option<String>,
+    /// A guess for thin data (for upgrades: a popular pricier choice), not something
+    /// customers were seen doing; templates must not say "customers upgraded" for it.
+    pub fallback: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CampaignInfo {
     pub name: String,
-    /// "complements" or "upgrades".
+    /// "complements", "upgrades" or "enhance".
     pub strategy: String,
 }
 
@@ -132,6 +135,7 @@ pub fn sample_context(campaign: &str, strategy: &str) -> EmailContext {
             reason: reason.to_owned(),
             category: Some(cat.to_owned()),
             brand: Some(brand.to_owned()),
+            fallback: false,
         };
     let items = if upgrades {
         vec![
@@ -143,14 +147,17 @@ pub fn sample_context(campaign: &str, strategy: &str) -> EmailContext {
                 "Cameras > Mirrorless",
                 "Panasonic",
             ),
-            item(
-                "P00431",
-                "Tripod Pro <Carbon> & Ball Head",
-                24_950,
-                "A sturdier step up from your travel tripod",
-                "Accessories > Tripods",
-                "Benro",
-            ),
+            PickedItem {
+                fallback: true,
+                ..item(
+                    "P00431",
+                    "Tripod Pro <Carbon> & Ball Head",
+                    24_950,
+                    "A sturdier step up from your travel tripod",
+                    "Accessories > Tripods",
+                    "Benro",
+                )
+            },
         ]
     } else {
         vec![

@@ -44,4 +44,20 @@ pub(crate) const EMBEDDED: &[(&str, &str)] = &[
         "upgrade/body.html",
         include_str!("../../templates/upgrade/body.html"),
     ),
+    (
+        "enhance/subject.txt",
+        include_str!("../../templates/enhance/subject.txt"),
+    ),
+    (
+        "enhance/preheader.txt",
+        include_str!("../../templates/enhance/preheader.txt"),
+    ),
+    (
+        "enhance/body.html",
+        include_str!("../../templates/enhance/body.html"),
+    ),
+    (
+        "enhance/body.txt",
+        include_str!("../../templates/enhance/body.txt"),
+    ),
 ];

@@ -12,6 +12,7 @@ fn campaigns() -> Vec<(String, String)> {
     vec![
         ("complete_your_setup".into(), "complements".into()),
         ("upgrade".into(), "upgrades".into()),
+        ("enhance".into(), "enhance".into()),
     ]
 }
 
@@ -87,7 +88,10 @@ fn shipped_templates_check_clean() {
     assert_eq!(check(&shipped_dir(), &campaigns()), vec![]);
     assert_eq!(Templates::embedded().unwrap().check(&campaigns()), vec![]);
     let t = Templates::load_or_embedded(Path::new("/nonexistent/templates")).unwrap();
-    assert_eq!(t.campaigns(), vec!["complete_your_setup", "upgrade"]);
+    assert_eq!(
+        t.campaigns(),
+        vec!["complete_your_setup", "enhance", "upgrade"]
+    );
 }
 
 #[test]
@@ -192,9 +196,15 @@ fn footer_is_required_in_both_parts() {
         "",
     );
     let problems = check(&dir, &campaigns());
-    assert_eq!(problems.len(), 1, "{problems:#?}");
+    // Every campaign with its own body.txt (the upgrade text part is generated).
+    assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(problems[0].file.ends_with("complete_your_setup/body.txt"));
-    assert!(problems[0].message.contains("postal address"));
+    assert!(problems[1].file.ends_with("enhance/body.txt"));
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.message.contains("postal address"))
+    );
 }
 
 #[test]
@@ -451,4 +461,32 @@ fn subjects_are_cut_on_a_character_boundary() {
     assert_eq!(capped("abcd".into(), 3), "ab…");
     assert_eq!(capped("a ☕d".into(), 3), "a…");
     assert_eq!(one_line(" a\0b \n\u{1} c "), "ab c");
+}
+
+#[test]
+fn upgrade_fallback_picks_are_not_sold_as_what_customers_did() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    let mut ctx = sample_context("upgrade", "upgrades");
+    let mined = t.render("upgrade", &ctx).unwrap();
+    assert!(mined.subject.contains("customers like you upgraded to"));
+    // The sample's second item is a fallback: the body no longer claims upgrades.
+    assert!(!mined.html.contains("later upgraded to"), "{}", mined.html);
+    for item in &mut ctx.items {
+        item.fallback = true;
+    }
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert_eq!(
+        r.subject,
+        "Ada, a step up from your Lumix G7 Mirrorless Camera: Lumix S5 II Mirrorless Camera"
+    );
+    assert!(!r.html.contains("later upgraded"), "{}", r.html);
+    assert!(
+        r.html.contains("A step up from your Lumix G7"),
+        "{}",
+        r.html
+    );
+    ctx.items.truncate(1);
+    ctx.items[0].fallback = false;
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert!(r.html.contains("later upgraded to 1 product"), "{}", r.html);
 }
