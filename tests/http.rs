@@ -4,86 +4,24 @@
 
 mod common;
 
-use aftercart::app::{open_engine, open_store};
-use aftercart::config::Settings;
+use common::web::{self, App, SHOPIFY_SECRET, TOKEN};
+
+use common::browser::{chromium, non_blank_png};
+
 use aftercart::domain::Timestamp;
-use aftercart::import::{Kind, import_reader};
-use aftercart::jobs::{Clock, Engine, RunOptions, Worker};
+use aftercart::jobs::{Clock, RunOptions, Worker};
 use aftercart::mail::{Mailer, MailerConfig};
 use aftercart::store::FollowupState;
-use aftercart_testkit::sink::SmtpSink;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const TOKEN: &str = "t0ken";
-const SHOPIFY_SECRET: &str = "s3cret";
-
-struct App {
-    addr: SocketAddr,
-    engine: Engine,
-    sink: SmtpSink,
-    http: reqwest::Client,
-    _db: common::TestDb,
-}
-
-async fn import(engine_store: &aftercart::store::Store, kind: Kind, file: &str) {
-    let f = std::fs::File::open(common::sample(file)).unwrap();
-    let report = import_reader(
-        engine_store,
-        kind,
-        std::io::BufReader::new(f),
-        false,
-        &[], // history only: sample orders schedule nothing here
-        Timestamp::now(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.bad.is_empty(), "{file}: {:?}", report.bad);
-}
-
 async fn app_with(templates: Option<PathBuf>) -> App {
-    let db = common::fresh_db().await;
-    let sink = SmtpSink::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let env: Vec<(String, String)> = [
-        ("AFTERCART__DATABASE__URL", db.url.clone()),
-        ("AFTERCART__HTTP__API_TOKEN", TOKEN.into()),
-        ("AFTERCART__SHOPIFY__WEBHOOK_SECRET", SHOPIFY_SECRET.into()),
-        ("AFTERCART__UNSUBSCRIBE__SECRET", "u-key".into()),
-        ("AFTERCART__SMTP__URL", sink.url()),
-        ("AFTERCART__STORE__BASE_URL", format!("http://{addr}")),
-        ("AFTERCART__LIMITS__QUIET_HOURS", String::new()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let mut s = Settings::load_with_env(None, &env).unwrap();
-    s.templates_dir = templates.unwrap_or_else(|| common::manifest().join("templates"));
-    // These tests follow single orders to a send (C000001 is in the default holdout).
-    for c in &mut s.campaigns {
-        c.holdout_share = aftercart::domain::HoldoutShare::OFF;
-    }
-    let store = open_store(&s).await.unwrap();
-    import(&store, Kind::Products, "products.jsonl").await;
-    import(&store, Kind::Customers, "customers.jsonl").await;
-    import(&store, Kind::Orders, "orders.jsonl").await;
-    let engine = open_engine(s, store, Clock::System).await.unwrap();
-    aftercart::http::start_on(engine.clone(), listener, std::future::pending()).unwrap();
-    App {
-        addr,
-        engine,
-        sink,
-        http: reqwest::Client::new(),
-        _db: db,
-    }
+    web::start(templates, &[]).await
 }
 
 async fn app() -> App {
@@ -91,23 +29,6 @@ async fn app() -> App {
 }
 
 impl App {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn post_v1(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(TOKEN)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
     async fn followups(&self, order: &str) -> Vec<aftercart::store::FollowupRow> {
         self.engine
             .store
@@ -816,61 +737,6 @@ async fn preview_shows_a_template_problem() {
         .await
         .unwrap();
     assert!(index.contains("upgrade/body.html:"));
-}
-
-/// Headless Chromium, as the content team's browser: `--dump-dom` and `--screenshot`.
-/// Missing Chromium fails in CI (which installs it) and is reported and skipped
-/// elsewhere.
-fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
-    let bin = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(bin) = bin else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium (see .ci/run)"
-        );
-        eprintln!("chromium not installed: browser test skipped");
-        return None;
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-        ])
-        .args([
-            "--no-first-run",
-            "--disable-sync",
-            "--disable-quic",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    Some(out)
-}
-
-/// A PNG with more than one colour in it.
-fn non_blank_png(path: &Path) -> bool {
-    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let px = info.color_type.samples();
-    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
-    let distinct: std::collections::HashSet<&[u8]> = pixels.iter().step_by(97).copied().collect();
-    info.width > 100 && info.height > 100 && distinct.len() > 10
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::browser::{chromium, non_blank_png};
+
 use aftercart::config::Settings;
 use aftercart::domain::{CustomerId, HoldoutShare, ProductId, Timestamp, parse_rfc3339};
 use aftercart::import::{Kind, import_reader};
@@ -991,57 +993,4 @@ async fn the_html_report_in_a_real_browser() {
     if let Some(dir) = std::env::var_os("AFTERCART_SCREENSHOTS") {
         std::fs::copy(&png, std::path::Path::new(&dir).join("report.png")).unwrap();
     }
-}
-
-/// Headless Chromium (as in tests/http.rs); missing Chromium fails in CI and is
-/// reported and skipped elsewhere.
-fn chromium(args: &[&str], url: &str) -> Option<std::process::Output> {
-    let bin = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(bin) = bin else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium (see .ci/run)"
-        );
-        eprintln!("chromium not installed: browser test skipped");
-        return None;
-    };
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-        ])
-        .args([
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    Some(out)
-}
-
-/// A PNG with more than one colour in it.
-fn non_blank_png(path: &std::path::Path) -> bool {
-    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let px = info.color_type.samples();
-    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
-    let distinct: std::collections::HashSet<&[u8]> = pixels.iter().step_by(97).copied().collect();
-    info.width > 100 && info.height > 100 && distinct.len() > 10
 }

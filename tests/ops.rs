@@ -4,109 +4,24 @@
 
 mod common;
 
-use aftercart::app::{open_engine, open_store};
+use common::web::{self, App, SHOPIFY_SECRET, TOKEN};
+
 use aftercart::config::Settings;
 use aftercart::domain::Timestamp;
-use aftercart::import::{Kind, import_reader};
-use aftercart::jobs::{Clock, Engine};
+use aftercart::jobs::Clock;
 use aftercart_testkit::sink::{FaultPlan, SessionFaults, SmtpSink};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::path::Path;
 
-const TOKEN: &str = "t0ken";
-const SHOPIFY_SECRET: &str = "s3cret";
-
-struct App {
-    addr: SocketAddr,
-    engine: Engine,
-    http: reqwest::Client,
-    _sink: SmtpSink,
-    _db: common::TestDb,
-}
-
-async fn import(store: &aftercart::store::Store, kind: Kind, file: &str) {
-    let f = std::fs::File::open(common::sample(file)).unwrap();
-    let report = import_reader(
-        store,
-        kind,
-        std::io::BufReader::new(f),
-        false,
-        &[], // history only: sample orders schedule nothing here
-        Timestamp::now(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.bad.is_empty(), "{file}: {:?}", report.bad);
-}
-
 async fn app_with(extra: &[(&str, &str)]) -> App {
-    let db = common::fresh_db().await;
-    let sink = SmtpSink::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let env: Vec<(String, String)> = [
-        ("AFTERCART__DATABASE__URL", db.url.clone()),
-        ("AFTERCART__HTTP__API_TOKEN", TOKEN.into()),
-        ("AFTERCART__SHOPIFY__WEBHOOK_SECRET", SHOPIFY_SECRET.into()),
-        ("AFTERCART__UNSUBSCRIBE__SECRET", "u-key".into()),
-        ("AFTERCART__SMTP__URL", sink.url()),
-        ("AFTERCART__STORE__BASE_URL", format!("http://{addr}")),
-        ("AFTERCART__LIMITS__QUIET_HOURS", String::new()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let env: Vec<(String, String)> = env
-        .into_iter()
-        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
-    let mut s = Settings::load_with_env(None, &env).unwrap();
-    s.templates_dir = common::manifest().join("templates");
-    // These tests follow single orders to a send (C000001 is in the default holdout).
-    for c in &mut s.campaigns {
-        c.holdout_share = aftercart::domain::HoldoutShare::OFF;
-    }
-    let store = open_store(&s).await.unwrap();
-    import(&store, Kind::Products, "products.jsonl").await;
-    import(&store, Kind::Customers, "customers.jsonl").await;
-    import(&store, Kind::Orders, "orders.jsonl").await;
-    let engine = open_engine(s, store, Clock::System).await.unwrap();
-    aftercart::http::start_on(engine.clone(), listener, std::future::pending()).unwrap();
-    App {
-        addr,
-        engine,
-        http: reqwest::Client::new(),
-        _sink: sink,
-        _db: db,
-    }
+    web::start(None, extra).await
 }
 
 async fn app() -> App {
     app_with(&[]).await
-}
-
-impl App {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn post_v1(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(TOKEN)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
 }
 
 fn days_ago(d: i64) -> String {
@@ -728,7 +643,7 @@ impl App {
         let mut engine = self.engine.clone();
         engine.clock = Clock::manual(Timestamp::now());
         let mailer = aftercart::mail::Mailer::connect(aftercart::mail::MailerConfig {
-            url: self._sink.url(),
+            url: self.sink.url(),
             pool_size: 2,
             timeout: std::time::Duration::from_secs(10),
             data_timeout: std::time::Duration::from_secs(600),

@@ -7,9 +7,9 @@ mod common;
 
 use aftercart::jobs::{Clock, periodic};
 use aftercart_testkit::sink::SmtpSink;
+use common::process::WorkerProcess;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 #[tokio::test]
@@ -95,68 +95,34 @@ async fn retention_compacts_ended_followups_and_a_replay_sends_nothing() {
     assert_eq!(sink.count(), received);
 }
 
-struct Proc {
-    child: Child,
-    log: tempfile::NamedTempFile,
-}
-
-impl Proc {
-    fn worker(env: &[(String, String)]) -> Proc {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = cmd(env)
-            .arg("worker")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .expect("spawn aftercart worker");
-        Proc { child, log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// Ticks of the maintenance job this process ran, and those it found taken.
-    fn ticks(&self) -> (BTreeSet<i64>, BTreeSet<i64>) {
-        let (mut ran, mut skipped) = (BTreeSet::new(), BTreeSet::new());
-        for line in self.logs().lines() {
-            if !line.contains("job=\"maintenance\"") && !line.contains("job=maintenance") {
-                continue;
-            }
-            let Some(tick) = line.split("tick=").nth(1).and_then(|t| {
-                t.split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|d| d.parse().ok())
-            }) else {
-                continue;
-            };
-            if line.contains("maintenance done") {
-                ran.insert(tick);
-            } else if line.contains("tick already run by another process") {
-                skipped.insert(tick);
-            }
+/// Ticks of the maintenance job a process ran, and those it found taken, from its logs.
+fn ticks(w: &WorkerProcess) -> (BTreeSet<i64>, BTreeSet<i64>) {
+    let (mut ran, mut skipped) = (BTreeSet::new(), BTreeSet::new());
+    for line in w.logs().lines() {
+        if !line.contains("job=\"maintenance\"") && !line.contains("job=maintenance") {
+            continue;
         }
-        (ran, skipped)
+        let Some(tick) = line.split("tick=").nth(1).and_then(|t| {
+            t.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+        }) else {
+            continue;
+        };
+        if line.contains("maintenance done") {
+            ran.insert(tick);
+        } else if line.contains("tick already run by another process") {
+            skipped.insert(tick);
+        }
     }
-
-    async fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let exited = wait_until(Duration::from_secs(60), || {
-            let done = self.child.try_wait().unwrap().is_some();
-            async move { done }
-        })
-        .await;
-        assert!(exited, "worker did not stop\n{}", self.logs());
-    }
+    (ran, skipped)
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIGTERM, then the exit.
+async fn stop(w: &mut WorkerProcess) {
+    w.signal(libc::SIGTERM);
+    let st = w.wait(Duration::from_secs(60)).await;
+    assert!(st.is_some(), "worker did not stop\n{}", w.logs());
 }
 
 #[tokio::test]
@@ -172,12 +138,12 @@ async fn with_two_worker_processes_each_tick_runs_once() {
     );
     let s = settings(&env);
     let store = store(&s).await;
-    let mut a = Proc::worker(&env);
-    let mut b = Proc::worker(&env);
+    let mut a = WorkerProcess::spawn(&env);
+    let mut b = WorkerProcess::spawn(&env);
     // Until both processes have seen several of the same ticks.
     let both = wait_until(Duration::from_secs(120), || {
-        let (ra, sa) = a.ticks();
-        let (rb, sb) = b.ticks();
+        let (ra, sa) = ticks(&a);
+        let (rb, sb) = ticks(&b);
         let seen_by_a: BTreeSet<i64> = ra.union(&sa).copied().collect();
         let seen_by_b: BTreeSet<i64> = rb.union(&sb).copied().collect();
         let n = seen_by_a.intersection(&seen_by_b).count();
@@ -190,11 +156,11 @@ async fn with_two_worker_processes_each_tick_runs_once() {
         a.logs(),
         b.logs()
     );
-    a.stop().await;
-    b.stop().await;
+    stop(&mut a).await;
+    stop(&mut b).await;
 
-    let (ran_a, skipped_a) = a.ticks();
-    let (ran_b, skipped_b) = b.ticks();
+    let (ran_a, skipped_a) = ticks(&a);
+    let (ran_b, skipped_b) = ticks(&b);
     assert!(
         ran_a.is_disjoint(&ran_b),
         "a tick ran twice: {:?}",

@@ -99,17 +99,14 @@ impl Store {
         let last_sql =
             "SELECT MAX(at) FROM clicks WHERE followup_id = $1 AND product_id = $2 AND kind = $3";
         let insert = "INSERT INTO clicks (followup_id, product_id, at, kind, source) VALUES ($1, $2, $3, $4, $5)";
-        let _turn = self.write_turn().await;
-        match &self.db {
-            Db::Sqlite(p) => {
-                // IMMEDIATE takes the write lock first: another process (a second
-                // `serve`) waits instead of reading the same "last click".
-                let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
+        // The read, the verdict and the insert, in whichever engine's transaction.
+        macro_rules! classify_and_insert {
+            ($tx:ident) => {{
                 let last: Option<i64> = sqlx::query_scalar(last_sql)
                     .bind(hit.followup_id)
                     .bind(pid)
                     .bind(counted.as_str())
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut *$tx)
                     .await?;
                 let kind =
                     token::classify(target, hit.method, hit.at, hit.sent_at, last.map(Timestamp));
@@ -119,10 +116,19 @@ impl Store {
                     .bind(hit.at.0)
                     .bind(kind.as_str())
                     .bind(hit.source)
-                    .execute(&mut *tx)
+                    .execute(&mut *$tx)
                     .await?;
-                tx.commit().await?;
+                $tx.commit().await?;
                 Ok(kind)
+            }};
+        }
+        let _turn = self.write_turn().await;
+        match &self.db {
+            Db::Sqlite(p) => {
+                // IMMEDIATE takes the write lock first: another process (a second
+                // `serve`) waits instead of reading the same "last click".
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                classify_and_insert!(tx)
             }
             Db::Postgres(p) => {
                 let mut tx = p.begin().await?;
@@ -130,24 +136,7 @@ impl Store {
                     .bind(hit.followup_id)
                     .execute(&mut *tx)
                     .await?;
-                let last: Option<i64> = sqlx::query_scalar(last_sql)
-                    .bind(hit.followup_id)
-                    .bind(pid)
-                    .bind(counted.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let kind =
-                    token::classify(target, hit.method, hit.at, hit.sent_at, last.map(Timestamp));
-                sqlx::query(insert)
-                    .bind(hit.followup_id)
-                    .bind(pid)
-                    .bind(hit.at.0)
-                    .bind(kind.as_str())
-                    .bind(hit.source)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(kind)
+                classify_and_insert!(tx)
             }
         }
     }

@@ -3,6 +3,10 @@
 //! pointing at it and at a real SMTP server, the sample store, and the binary.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod process;
+pub mod web;
+
 use aftercart::config::Settings;
 use aftercart::jobs::{Clock, Engine};
 use aftercart::store::Store;
