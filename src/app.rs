@@ -110,6 +110,7 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
         templates,
         signer,
         clock,
+        stock_seen: Default::default(),
     })
 }
 

@@ -1163,3 +1163,181 @@ async fn bounce_webhooks_ses_signatures_verified_with_the_certificate() {
         Some("hard_bounce")
     );
 }
+
+/// Shopify's documented `inventory_levels/update` example shape.
+fn shopify_level(item: u64, location: u64, available: Option<i64>, at: &str) -> Value {
+    json!({"inventory_item_id": item, "location_id": location, "available": available,
+           "updated_at": at, "admin_graphql_api_id": format!("gid://shopify/InventoryLevel/{location}?inventory_item_id={item}")})
+}
+
+#[tokio::test]
+async fn shopify_stock_changes_reach_picks_in_every_process() {
+    let app = app().await;
+    let e = &app.engine;
+    let store = &e.store;
+    let campaign = e
+        .settings
+        .campaigns
+        .iter()
+        .find(|c| c.name.as_str() == "complete_your_setup")
+        .unwrap()
+        .clone();
+    let now = Timestamp::now();
+    // An order with picks; its first pick is the product whose stock changes.
+    let mut found = None;
+    for o in store.recent_orders(500).await.unwrap() {
+        let picks = e.picks(&o, &campaign, e.history(&o, now).await.unwrap());
+        if let Some(p) = picks.first() {
+            found = Some((o, p.product_id.clone()));
+            break;
+        }
+    }
+    let (order, pick) = found.expect("an order with picks");
+    let picks_now = || async {
+        let h = e.history(&order, Timestamp::now()).await.unwrap();
+        e.picks(&order, &campaign, h)
+            .into_iter()
+            .map(|p| p.product_id)
+            .collect::<Vec<_>>()
+    };
+    // Another worker process on the same database, with its own model.
+    let other = common::engine((*e.settings).clone(), store.clone(), Clock::System).await;
+    assert_eq!(other.model().in_stock(&pick), Some(true));
+
+    // products/update: the variants' inventory items, both sold out.
+    let mut product = shopify_product(pick.as_str(), 0, 0);
+    product["variants"][0]["inventory_item_id"] = json!(49_148_385u64);
+    product["variants"][1]["inventory_item_id"] = json!(49_148_386u64);
+    let (st, out) = app.shopify("products/update", "p1", &product).await;
+    assert_eq!(
+        (st, &out["in_stock"]),
+        (StatusCode::OK, &json!(false)),
+        "{out}"
+    );
+    assert!(
+        !picks_now().await.contains(&pick),
+        "sold out: not picked here"
+    );
+    assert!(other.refresh_stock(Timestamp::now()).await.unwrap() >= 1);
+    assert_eq!(other.model().in_stock(&pick), Some(false), "nor there");
+
+    // Three arrive at one location: back in stock, here at once.
+    let lvl = shopify_level(49_148_385, 24_826_418, Some(3), "2024-06-01T10:00:00-04:00");
+    let (st, out) = app.shopify("inventory_levels/update", "l1", &lvl).await;
+    assert_eq!(st, StatusCode::OK, "{out}");
+    assert_eq!(
+        (&out["product_id"], &out["in_stock"]),
+        (&json!(pick.as_str()), &json!(true))
+    );
+    assert!(
+        store
+            .product(pick.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .in_stock
+    );
+    assert!(
+        picks_now().await.contains(&pick),
+        "back in stock: picked again"
+    );
+    // The same delivery again, and an older one under a new id: nothing changes.
+    let (_, out) = app.shopify("inventory_levels/update", "l1", &lvl).await;
+    assert_eq!(out["duplicate"], true, "{out}");
+    let older = shopify_level(49_148_385, 24_826_418, Some(0), "2024-06-01T09:00:00-04:00");
+    let (st, out) = app.shopify("inventory_levels/update", "l2", &older).await;
+    assert_eq!((st, &out["stale"]), (StatusCode::OK, &json!(true)), "{out}");
+    assert!(
+        store
+            .product(pick.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .in_stock
+    );
+    // A second location counts too: sold out at the first, 2 left at the second.
+    let second = shopify_level(
+        49_148_385,
+        905_684_977,
+        Some(2),
+        "2024-06-01T11:00:00-04:00",
+    );
+    let (_, out) = app.shopify("inventory_levels/update", "l3", &second).await;
+    assert_eq!(out["in_stock"], true, "{out}");
+    let first_out = shopify_level(49_148_385, 24_826_418, Some(0), "2024-06-01T11:30:00-04:00");
+    let (_, out) = app
+        .shopify("inventory_levels/update", "l4", &first_out)
+        .await;
+    assert_eq!(
+        out["in_stock"], true,
+        "2 left at the second location: {out}"
+    );
+    let second_out = shopify_level(
+        49_148_385,
+        905_684_977,
+        Some(0),
+        "2024-06-01T12:00:00-04:00",
+    );
+    let (_, out) = app
+        .shopify("inventory_levels/update", "l5", &second_out)
+        .await;
+    assert_eq!(out["in_stock"], false, "{out}");
+    assert!(!picks_now().await.contains(&pick));
+    // The other process follows, and keeps following.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    other.refresh_stock(Timestamp::now()).await.unwrap();
+    assert_eq!(other.model().in_stock(&pick), Some(false));
+
+    // An item no product delivery named: ignored, 200.
+    let (st, out) = app
+        .shopify(
+            "inventory_levels/update",
+            "l6",
+            &shopify_level(777, 1, Some(9), "2024-06-01T12:00:00Z"),
+        )
+        .await;
+    assert_eq!(
+        (st, &out["ignored"]),
+        (StatusCode::OK, &json!("unknown inventory_item_id")),
+        "{out}"
+    );
+    // Bad payloads are named by field; nothing is stored, and the delivery id is free.
+    for (bad, field) in [
+        (
+            json!({"location_id": 1, "available": 1, "updated_at": "2024-06-01T12:00:00Z"}),
+            "inventory_item_id",
+        ),
+        (
+            shopify_level(49_148_385, 1, Some(1), "yesterday"),
+            "updated_at",
+        ),
+        (
+            json!({"inventory_item_id": 49_148_385u64, "location_id": 1, "available": "lots", "updated_at": "2024-06-01T12:00:00Z"}),
+            "available",
+        ),
+    ] {
+        let (st, out) = app.shopify("inventory_levels/update", "l7", &bad).await;
+        assert_eq!(
+            (st, &out["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!(field)),
+            "{out}"
+        );
+    }
+    assert!(
+        !store
+            .product(pick.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .in_stock
+    );
+
+    // A draft product is not for sale, whatever its levels say.
+    product["status"] = json!("draft");
+    product["variants"][0]["inventory_quantity"] = json!(5);
+    let (_, out) = app.shopify("products/update", "p2", &product).await;
+    assert_eq!(out["in_stock"], false, "{out}");
+    let lvl = shopify_level(49_148_386, 24_826_418, Some(8), "2024-06-02T10:00:00-04:00");
+    let (_, out) = app.shopify("inventory_levels/update", "l8", &lvl).await;
+    assert_eq!(out["in_stock"], false, "{out}");
+}

@@ -57,6 +57,7 @@ pub(crate) async fn webhook(
         "customers/update",
         "customers/redact",
         "customers/data_request",
+        "inventory_levels/update",
     ];
     if !known.contains(&topic.as_str()) {
         return Ok((StatusCode::OK, Json(json!({ "ignored": topic }))));
@@ -67,6 +68,7 @@ pub(crate) async fn webhook(
         "products/create" | "products/update" => topics::product(&s, &headers, &payload).await,
         "customers/update" => topics::customer_update(&s, &headers, &payload).await,
         "customers/redact" => topics::redact(&s, &headers, &payload).await,
+        "inventory_levels/update" => topics::inventory_level(&s, &headers, &payload).await,
         _ => topics::data_request(&s, &headers, &payload).await,
     }
 }

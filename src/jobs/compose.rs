@@ -17,6 +17,7 @@ use crate::store::{CustomerRow, History, OrderContext, Store, StoreError};
 use crate::unsubscribe::Signer;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Everything a send needs, shared by all of a process's jobs.
@@ -28,7 +29,16 @@ pub struct Engine {
     pub templates: LiveTemplates,
     pub signer: Signer,
     pub clock: Clock,
+    /// When stock changes were last read (ms; 0 = never): see `refresh_stock`.
+    pub stock_seen: Arc<AtomicI64>,
 }
+
+/// How often a worker reads the stock changes webhooks made (in any process).
+const STOCK_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Each read looks this far back before the previous one: clocks of several hosts differ
+/// a little, and a change may commit after a read that started later. Re-applying a
+/// change is harmless (it sets the stored value again).
+const STOCK_OVERLAP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the rules read for a batch: orders by id, histories by customer id.
 #[derive(Debug, Default)]
@@ -101,6 +111,28 @@ impl Engine {
         }
     }
 
+    /// Applies the stock changes Shopify webhooks stored since the last read (in this
+    /// process or another) to the model, at most once per `STOCK_REFRESH`, so a product
+    /// that sold out is not picked until the next rebuild. Returns how many it applied.
+    pub async fn refresh_stock(&self, now: Timestamp) -> Result<usize, StoreError> {
+        let last = self.stock_seen.load(Ordering::SeqCst);
+        if last != 0 && now.0.saturating_sub(last) < STOCK_REFRESH.as_millis() as i64 {
+            return Ok(0);
+        }
+        let changes = self
+            .store
+            .stock_changes(Timestamp(last).minus(STOCK_OVERLAP))
+            .await?;
+        self.stock_seen.store(now.0.max(1), Ordering::SeqCst);
+        let model = self.model();
+        let applied = changes
+            .iter()
+            .filter_map(|(id, in_stock)| Some((ProductId::parse(id).ok()?, *in_stock)))
+            .filter(|(id, in_stock)| model.set_in_stock(id, *in_stock))
+            .count();
+        Ok(applied)
+    }
+
     /// The customer's history as the rules see it at `now`.
     pub async fn history(&self, order: &Order, now: Timestamp) -> Result<History, StoreError> {
         let l = &self.settings.limits;
@@ -149,6 +181,7 @@ impl Engine {
     /// the orders with their customers, and the history of each customer who may be
     /// emailed at all.
     pub async fn load(&self, order_ids: &[&str], now: Timestamp) -> Result<Loaded, StoreError> {
+        self.refresh_stock(now).await?;
         let orders = self.store.order_contexts(order_ids).await?;
         let mut eligible: Vec<&str> = orders
             .values()

@@ -4,6 +4,7 @@
 use super::{Cand, Model, ModelConfig, Why};
 use crate::domain::{Order, Product, ProductId};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 
 /// Streams orders into a model without holding them: a million orders take a few tens of
 /// MB here (customer index, time and interned items per order).
@@ -452,7 +453,13 @@ impl ModelBuilder {
                     .cmp(&self.products[y as usize].id),
             )
         });
+        let stock = self
+            .products
+            .iter()
+            .map(|p| AtomicBool::new(p.in_stock))
+            .collect();
         Model {
+            stock,
             products: self.products,
             index: self.index,
             leaf: self.leaf,

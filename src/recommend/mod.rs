@@ -33,6 +33,7 @@ pub use evaluate::{
 
 use crate::domain::{Money, Order, Product, ProductId, Strategy};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -182,6 +183,9 @@ pub struct Model {
     buyers: Vec<u32>,
     /// Products their buyers re-buy (never upgraded from or to).
     consumable: Vec<bool>,
+    /// Live stock: starts as the catalog said at build, then follows webhook changes
+    /// (`set_in_stock`) until the next rebuild.
+    stock: Vec<AtomicBool>,
     complements: Vec<Vec<Cand>>,
     upgrades: Vec<Vec<Cand>>,
     enhance: Vec<Vec<Cand>>,
@@ -206,6 +210,25 @@ impl Model {
             b.add_order(o);
         }
         b.finish()
+    }
+
+    /// Applies a stock change that arrived after the build; false for a product the
+    /// model does not know.
+    pub fn set_in_stock(&self, id: &ProductId, in_stock: bool) -> bool {
+        match self.index.get(id) {
+            Some(&i) => {
+                self.stock[i as usize].store(in_stock, AtomicOrdering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The product's stock as the model knows it now.
+    pub fn in_stock(&self, id: &ProductId) -> Option<bool> {
+        self.index
+            .get(id)
+            .map(|&i| self.stock[i as usize].load(AtomicOrdering::Relaxed))
     }
 
     pub fn product(&self, id: &ProductId) -> Option<&Product> {
@@ -363,7 +386,7 @@ impl Model {
         let p = &self.products[idx as usize];
         let max_price = req.max_price_ratio * req.order.total.minor() as f64;
         !req.order.items.iter().any(|it| it.product_id == p.id)
-            && p.in_stock
+            && self.stock[idx as usize].load(AtomicOrdering::Relaxed)
             && (p.price.minor() as f64) <= max_price
             && !req.exclude.bought_before.contains(&p.id)
             && !req.exclude.seen_on_site.contains(&p.id)

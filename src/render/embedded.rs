@@ -41,6 +41,14 @@ pub(crate) const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/upgrade/subject.txt"),
     ),
     (
+        "upgrade/preheader.txt",
+        include_str!("../../templates/upgrade/preheader.txt"),
+    ),
+    (
+        "upgrade/body.txt",
+        include_str!("../../templates/upgrade/body.txt"),
+    ),
+    (
         "upgrade/body.html",
         include_str!("../../templates/upgrade/body.html"),
     ),

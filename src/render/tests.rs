@@ -196,10 +196,14 @@ fn footer_is_required_in_both_parts() {
         "",
     );
     let problems = check(&dir, &campaigns());
-    // Every campaign with its own body.txt (the upgrade text part is generated).
-    assert_eq!(problems.len(), 2, "{problems:#?}");
-    assert!(problems[0].file.ends_with("complete_your_setup/body.txt"));
-    assert!(problems[1].file.ends_with("enhance/body.txt"));
+    // Every shipped campaign has its own body.txt.
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    for (p, campaign) in problems
+        .iter()
+        .zip(["complete_your_setup", "upgrade", "enhance"])
+    {
+        assert!(p.file.ends_with(&format!("{campaign}/body.txt")), "{p:?}");
+    }
     assert!(
         problems
             .iter()
@@ -267,7 +271,12 @@ fn css_is_inlined() {
 
 #[test]
 fn generated_text_part_has_titles_address_and_unsubscribe() {
-    let t = Templates::load(&shipped_dir()).unwrap();
+    // A content team's campaign without body.txt or preheader.txt: the text part is
+    // generated from the HTML.
+    let (_tmp, dir) = broken_copy();
+    std::fs::remove_file(dir.join("upgrade/body.txt")).unwrap();
+    std::fs::remove_file(dir.join("upgrade/preheader.txt")).unwrap();
+    let t = Templates::load(&dir).unwrap();
     let ctx = sample_context("upgrade", "upgrades");
     let r = t.render("upgrade", &ctx).unwrap();
     for item in &ctx.items {
@@ -489,4 +498,41 @@ fn upgrade_fallback_picks_are_not_sold_as_what_customers_did() {
     ctx.items[0].fallback = false;
     let r = t.render("upgrade", &ctx).unwrap();
     assert!(r.html.contains("later upgraded to 1 product"), "{}", r.html);
+}
+
+#[test]
+fn shipped_text_parts_link_each_item_once() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    for (campaign, strategy) in campaigns() {
+        let ctx = sample_context(&campaign, &strategy);
+        let r = t.render(&campaign, &ctx).unwrap();
+        for item in &ctx.items {
+            let link = add_utm(&item.url, &campaign).unwrap();
+            assert_eq!(
+                r.text.matches(&link).count(),
+                1,
+                "{campaign}: {link} should appear once:\n{}",
+                r.text
+            );
+        }
+        // No html2text link list ("[2]: https://…") in a hand-written text part.
+        assert!(!r.text.lines().any(is_link_line), "{campaign}:\n{}", r.text);
+        assert!(r.preheader.is_some(), "{campaign} has a preheader");
+    }
+}
+
+#[test]
+fn upgrade_text_claims_customers_upgraded_only_for_mined_picks() {
+    let t = Templates::load(&shipped_dir()).unwrap();
+    let mut ctx = sample_context("upgrade", "upgrades");
+    // The sample holds one mined pick and one fallback.
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert!(r.text.contains("a step up from"), "{}", r.text);
+    assert!(!r.text.contains("later upgraded"), "{}", r.text);
+    assert!(!r.text.contains("other customers went next"), "{}", r.text);
+    ctx.items.retain(|i| !i.fallback);
+    let r = t.render("upgrade", &ctx).unwrap();
+    assert!(r.text.contains("later upgraded to 1 product"), "{}", r.text);
+    assert!(r.text.contains("other customers went next"), "{}", r.text);
+    assert!(r.html.contains("other customers went next"), "{}", r.html);
 }

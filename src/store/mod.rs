@@ -10,6 +10,7 @@ mod maintenance;
 mod measure;
 mod ops;
 mod privacy;
+mod stock;
 
 pub use bounces::{BounceKind, BounceOutcome};
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
@@ -19,6 +20,7 @@ pub use ops::{
     LATENCY_BUCKETS, MetricsReport, RelayPause, StatusReport, SuppressionRow, WorkerRow,
 };
 pub use privacy::Forgotten;
+pub use stock::{InventoryItem, InventoryLevel, LevelOutcome};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -1,14 +1,15 @@
 //! The Shopify topics besides orders, delivered to `POST /webhooks/shopify` (the
-//! `X-Shopify-Topic` header decides): catalog (`products/create`, `products/update`),
-//! consent (`customers/update`) and the mandatory privacy webhooks
+//! `X-Shopify-Topic` header decides): catalog (`products/create`, `products/update`,
+//! `inventory_levels/update`), consent (`customers/update`) and the mandatory privacy webhooks
 //! (`customers/redact`, `customers/data_request`). Signed like the order webhook
 //! (`limits::shopify_signed`); a delivery id seen before changes nothing.
 
-use super::{field_error, shopify_id, str_field};
+use super::{field_error, opt_time, shopify_id, str_field};
 use crate::domain::{
     CategoryPath, Customer, FieldError, MAX_TAG_CHARS, Product, ProductId, json_kind,
 };
 use crate::http::{ApiError, AppState};
+use crate::store::{InventoryItem, InventoryLevel, LevelOutcome};
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
@@ -77,28 +78,125 @@ pub(super) async fn product(s: &AppState, headers: &HeaderMap, v: &Value) -> Rep
         None => mapped,
     };
     let answer = json!({"product_id": product.id, "in_stock": product.in_stock, "price": product.price.decimal()});
+    let items = inventory_items(v);
+    let active = matches!(str_field(v, "status"), None | Some("active"));
     once(s, headers, async {
         store
             .upsert_products(std::slice::from_ref(&product))
             .await
             .map_err(ApiError::internal)?;
+        store
+            .record_inventory_items(
+                product.id.as_str(),
+                active,
+                product.in_stock,
+                &items,
+                s.engine.clock.now(),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        // This process's model at once; other processes' on their next stock read.
+        s.engine.model().set_in_stock(&product.id, product.in_stock);
         tracing::info!(product = %product.id, in_stock = product.in_stock, "Shopify product stored");
         Ok((StatusCode::OK, Json(answer)))
     })
     .await
 }
 
+/// The variants' inventory items, which `inventory_levels/update` names; a variant
+/// without a valid `inventory_item_id` has none.
+fn inventory_items(v: &Value) -> Vec<InventoryItem> {
+    let Some(variants) = v.get("variants").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    variants
+        .iter()
+        .filter_map(|x| {
+            let id = shopify_id(x.get("inventory_item_id"), "inventory_item_id").ok()?;
+            Some(InventoryItem {
+                id,
+                tracked: !untracked(x),
+                quantity: x.get("inventory_quantity").and_then(Value::as_i64),
+            })
+        })
+        .collect()
+}
+
+/// `inventory_levels/update`: one location's `available` for an inventory item. Mapped
+/// to the product through the item ids of the last product delivery; an item we never
+/// saw is ignored (200), a delivery older than the stored level (`updated_at`) changes
+/// nothing.
+pub(super) async fn inventory_level(s: &AppState, headers: &HeaderMap, v: &Value) -> Reply {
+    let level = map_level(v).map_err(field_error)?;
+    once(s, headers, async {
+        let outcome = s
+            .engine
+            .store
+            .record_inventory_level(&level, s.engine.clock.now())
+            .await
+            .map_err(ApiError::internal)?;
+        let answer = match outcome {
+            LevelOutcome::UnknownItem => {
+                json!({"ignored": "unknown inventory_item_id", "inventory_item_id": level.item})
+            }
+            LevelOutcome::Stale => json!({"stale": true, "inventory_item_id": level.item}),
+            LevelOutcome::Applied {
+                product_id,
+                in_stock,
+            } => {
+                if let Ok(id) = ProductId::parse(&product_id) {
+                    s.engine.model().set_in_stock(&id, in_stock);
+                }
+                tracing::info!(product = %product_id, in_stock, "Shopify inventory level stored");
+                json!({"product_id": product_id, "in_stock": in_stock})
+            }
+        };
+        Ok((StatusCode::OK, Json(answer)))
+    })
+    .await
+}
+
+fn map_level(v: &Value) -> Result<InventoryLevel, FieldError> {
+    if !v.is_object() {
+        return Err(FieldError::new("(body)", "expected a JSON object"));
+    }
+    let item = shopify_id(v.get("inventory_item_id"), "inventory_item_id")?;
+    let location = shopify_id(v.get("location_id"), "location_id")?;
+    let available = match v.get("available") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+        Some(other) => {
+            return Err(FieldError::new(
+                "available",
+                format!("must be an integer or null, got {}", json_kind(other)),
+            ));
+        }
+    };
+    let updated_at =
+        opt_time(v, "updated_at")?.ok_or_else(|| FieldError::new("updated_at", "missing"))?;
+    Ok(InventoryLevel {
+        item,
+        location,
+        available,
+        updated_at,
+    })
+}
+
+/// `inventory_management` null or empty: Shopify does not count this variant's stock.
+fn untracked(v: &Value) -> bool {
+    match v.get("inventory_management") {
+        Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        _ => false,
+    }
+}
+
 /// A variant is in stock when its `inventory_quantity` is above 0, or when its
 /// inventory is not tracked (`inventory_management` null or empty, or no
 /// `inventory_quantity` at all).
 fn variant_in_stock(v: &Value) -> bool {
-    let untracked = match v.get("inventory_management") {
-        Some(Value::Null) => true,
-        Some(Value::String(s)) => s.is_empty(),
-        _ => false,
-    };
     let quantity = v.get("inventory_quantity").and_then(Value::as_i64);
-    untracked || quantity.is_none_or(|q| q > 0)
+    untracked(v) || quantity.is_none_or(|q| q > 0)
 }
 
 /// The Shopify product payload as our product record (parsed by the usual parser).
