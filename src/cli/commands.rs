@@ -17,6 +17,10 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
     if let Command::Demo = cli.command {
         return super::demo::run(load_settings(cfg, true)?, io).await;
     }
+    // Needs no config: it describes the command line, not an installation.
+    if let Command::Completions { shell } = cli.command {
+        return super::packaging::completions(shell, io);
+    }
     let s = load_settings(cfg, false)?;
     match cli.command {
         Command::Migrate => {
@@ -229,7 +233,8 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             )?;
             Ok(())
         }
-        Command::Demo => unreachable!("handled above"),
+        Command::Backup { file } => super::packaging::backup(&s, &file, io).await,
+        Command::Demo | Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 

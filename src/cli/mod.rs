@@ -4,6 +4,7 @@
 
 mod commands;
 mod demo;
+mod packaging;
 mod privacy;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +13,8 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "aftercart",
-    version,
+    // The git revision comes from build.rs ("unknown" when built outside a checkout).
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AFTERCART_GIT_REV"), ")"),
     about = "Post-purchase follow-up emails with recommendations that help"
 )]
 pub struct Cli {
@@ -135,6 +137,25 @@ pub enum Command {
     },
     /// Runs the whole flow on a sample store with time compressed; emails go to outbox/.
     Demo,
+    /// Copies the SQLite database to FILE while it is in use (PostgreSQL: use pg_dump).
+    Backup {
+        /// The copy; must not exist yet.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Prints a shell completion script to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// The shells `completions` writes a script for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 //! accept, and run on whichever pool is open (`with_db!`). The store knows no jobs, web
 //! or CLI; it is handed "now" by its callers.
 
+mod backup;
 mod bounces;
 mod catalog;
 mod ledger;
@@ -12,6 +13,7 @@ mod ops;
 mod privacy;
 mod stock;
 
+pub use backup::{Backup, BackupError};
 pub use bounces::{BounceKind, BounceOutcome};
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
 pub use ledger::{Claimed, Finish, FollowupRow, FollowupState, ScheduleRule};

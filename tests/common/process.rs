@@ -49,6 +49,17 @@ impl WorkerProcess {
         }
     }
 
+    /// SIGTERM, then the exit code 0 the spec asks for, within `timeout`.
+    pub async fn stop(&mut self, timeout: Duration) {
+        self.signal(libc::SIGTERM);
+        let st = self.wait(timeout).await;
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "worker did not exit 0 after SIGTERM: {st:?}\n{}",
+            self.logs()
+        );
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self._stderr.path()).unwrap_or_default()
     }
