@@ -254,7 +254,7 @@ async fn a_sender_refused_at_mail_from_suppresses_nobody_and_all_goes_out_once_f
         "{during_outage} tries at MAIL FROM for {due} follow-ups"
     );
     assert!(
-        summary.held_back as usize <= 16 + during_outage,
+        summary.held_back as usize <= 2 * 16 + during_outage,
         "{summary:?}"
     );
 }
@@ -308,7 +308,7 @@ async fn an_outage_at_the_greeting_pauses_and_probes_and_burns_no_attempts() {
         "{during_outage} connections for {due} follow-ups"
     );
     assert!(
-        summary.held_back as usize <= 16 + during_outage,
+        summary.held_back as usize <= 2 * 16 + during_outage,
         "{summary:?}"
     );
 }
