@@ -262,7 +262,7 @@ async fn profile(n: usize) {
                 (
                     c.id,
                     Finish::Skipped {
-                        reason: "profile".into(),
+                        reason: aftercart::store::SkipReason::NothingToRecommend,
                     },
                 )
             })

@@ -607,6 +607,14 @@ async fn health_and_metrics() {
         1.0
     );
     assert!(samples.contains_key("aftercart_smtp_errors_total{class=\"5xx\"}"));
+    // Every state and skip reason of the lifecycle is a series, 0 until it happens.
+    for st in aftercart::domain::FollowupState::ALL {
+        assert!(samples.contains_key(&format!("aftercart_followups{{state=\"{}\"}}", st.as_str())));
+    }
+    for r in aftercart::domain::SkipReason::ALL {
+        let key = format!("aftercart_followups_skipped{{reason=\"{}\"}}", r.as_str());
+        assert!(samples.contains_key(&key), "{key}");
+    }
 }
 
 #[tokio::test]

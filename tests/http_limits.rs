@@ -13,7 +13,7 @@ mod common;
 
 use aftercart::domain::Timestamp;
 use aftercart::jobs::{Clock, Engine};
-use aftercart::store::{Finish, FollowupState, LATENCY_BUCKETS, Store};
+use aftercart::store::{Finish, FollowupState, LATENCY_BUCKETS, SkipReason, Store};
 use aftercart_testkit::sink::{Fault, FaultPlan, SmtpSink};
 use base64::Engine as _;
 use common::*;
@@ -669,7 +669,7 @@ async fn kept_counts_equal_a_full_count_after_every_kind_of_transition() {
         (
             claimed[1].id,
             Finish::Skipped {
-                reason: "holdout".into(),
+                reason: SkipReason::Holdout,
             },
         ),
         (
@@ -680,11 +680,9 @@ async fn kept_counts_equal_a_full_count_after_every_kind_of_transition() {
         ),
         (
             claimed[3].id,
-            Finish::Retry {
+            Finish::SmtpRetry {
                 next_at: now,
-                reply: Some("421 busy".into()),
-                state: FollowupState::Deferred,
-                smtp_attempt: true,
+                reply: "421 busy".into(),
             },
         ),
     ];

@@ -5,7 +5,8 @@
 mod common;
 
 use aftercart::domain::Timestamp;
-use aftercart::store::{Finish, FollowupState};
+use aftercart::domain::{FollowupEvent, SkipReason};
+use aftercart::store::{Finish, FollowupRow, FollowupState};
 use common::*;
 
 #[tokio::test]
@@ -56,7 +57,12 @@ async fn claims_are_leased_and_only_the_owner_finishes() {
     let done = store
         .finish(
             "worker-a",
-            &[(first.id, Finish::Skipped { reason: "x".into() })],
+            &[(
+                first.id,
+                Finish::Skipped {
+                    reason: aftercart::store::SkipReason::Holdout,
+                },
+            )],
             later,
         )
         .await
@@ -195,4 +201,195 @@ async fn one_followup_per_order_and_campaign_whatever_repeats() {
             .await
             .unwrap()
     );
+}
+
+/// One store operation, the lifecycle event it is.
+#[derive(Debug, Clone)]
+enum Op {
+    Claim,
+    Finish(Finish),
+    Release,
+    RequeueFailed,
+    Forget,
+}
+
+impl Op {
+    fn event(&self) -> FollowupEvent {
+        match self {
+            Op::Claim => FollowupEvent::Claim,
+            Op::Finish(f) => f.event(),
+            Op::Release => FollowupEvent::Release,
+            Op::RequeueFailed => FollowupEvent::RequeueFailed,
+            Op::Forget => FollowupEvent::Withdraw(SkipReason::Forgotten),
+        }
+    }
+}
+
+/// Walks the lifecycle table through the real store: every state × every operation the
+/// store offers. Each legal move ends in the state the table names, every illegal one
+/// leaves the row as it was.
+#[tokio::test]
+async fn every_lifecycle_move_goes_through_the_store_as_the_table_says() {
+    let db = fresh_db().await;
+    let s = settings(&base_env(&db.url, "file:///tmp/x"));
+    let store = store(&s).await;
+    import_sample(&store, &s, Some(150)).await;
+    let now = Timestamp::now();
+    let sent = |at| Finish::Sent {
+        message_id: "<m@x>".into(),
+        reply: "250 ok".into(),
+        items: vec!["P00001".into()],
+        at,
+    };
+    let ops = |t: Timestamp| {
+        let mut ops = vec![
+            Op::Claim,
+            Op::Finish(sent(now)),
+            Op::Finish(Finish::Failed {
+                reply: "550 no".into(),
+            }),
+            Op::Finish(Finish::SmtpRetry {
+                next_at: t,
+                reply: "421 busy".into(),
+            }),
+            Op::Finish(Finish::Defer { next_at: t }),
+            Op::Finish(Finish::Hold {
+                next_at: t,
+                problem: "subject.txt:1:4: no such variable".into(),
+            }),
+            Op::Finish(Finish::Requeue {
+                next_at: t,
+                reply: None,
+            }),
+            Op::Release,
+            Op::RequeueFailed,
+            Op::Forget,
+        ];
+        ops.extend(
+            SkipReason::ALL
+                .into_iter()
+                .map(|reason| Op::Finish(Finish::Skipped { reason })),
+        );
+        ops
+    };
+    let mut k = 0i64;
+    let mut walked = std::collections::BTreeSet::new();
+    for from in FollowupState::ALL {
+        for op in ops(Timestamp(0)) {
+            k += 1;
+            // Decreasing tiny times: this pair's row is always the earliest claimable one,
+            // so a claim of one row takes it (rows of earlier pairs come after it).
+            let t = Timestamp(1_000_000 - k * 10);
+            let op = match op {
+                Op::Finish(
+                    Finish::SmtpRetry { .. }
+                    | Finish::Defer { .. }
+                    | Finish::Hold { .. }
+                    | Finish::Requeue { .. },
+                ) => ops(t)
+                    .into_iter()
+                    .find(|o| o.event() == op.event())
+                    .unwrap(),
+                other => other,
+            };
+            let owner = format!("w{k}");
+            let row = store.claim_due(&owner, now, t, 1).await.unwrap();
+            let row = row.first().expect("a claimable row").clone();
+            let setup = match from {
+                FollowupState::Sending => None,
+                FollowupState::Scheduled => Some(Finish::Requeue {
+                    next_at: t,
+                    reply: None,
+                }),
+                FollowupState::Deferred => Some(Finish::Defer { next_at: t }),
+                FollowupState::Sent => Some(sent(now)),
+                FollowupState::Skipped => Some(Finish::Skipped {
+                    reason: SkipReason::Holdout,
+                }),
+                FollowupState::Failed => Some(Finish::Failed {
+                    reply: "550 no".into(),
+                }),
+            };
+            if let Some(f) = setup {
+                assert_eq!(store.finish(&owner, &[(row.id, f)], now).await.unwrap(), 1);
+            }
+            let state_of =
+                |rows: Vec<FollowupRow>| rows.into_iter().find(|r| r.id == row.id).unwrap();
+            let before = state_of(
+                store
+                    .followups(Some(&row.order_id), None, 100)
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(before.state, from.as_str(), "setting up {from:?}");
+
+            match &op {
+                Op::Claim => {
+                    store
+                        .claim_due(&format!("{owner}-b"), now, Timestamp(t.0 + 1), 1)
+                        .await
+                        .unwrap();
+                }
+                Op::Finish(f) => {
+                    store
+                        .finish(&owner, &[(row.id, f.clone())], now)
+                        .await
+                        .unwrap();
+                }
+                Op::Release => {
+                    store.release(&owner, t).await.unwrap();
+                }
+                Op::RequeueFailed => {
+                    store.retry_failed(Some(&row.order_id), t).await.unwrap();
+                }
+                Op::Forget => {
+                    store.forget(&row.customer_id, now).await.unwrap();
+                }
+            }
+            let after = state_of(
+                store
+                    .followups(Some(&row.order_id), None, 100)
+                    .await
+                    .unwrap(),
+            );
+            let expected = aftercart::domain::next_state(from, op.event());
+            let want = expected.clone().unwrap_or(from);
+            assert_eq!(
+                after.state,
+                want.as_str(),
+                "{from:?} --{op:?}--> ({expected:?})"
+            );
+            if expected.is_ok() {
+                walked.insert((from, op.event().name()));
+                match want {
+                    FollowupState::Sent => {
+                        assert!(after.sent_at.is_some() && after.message_id.is_some())
+                    }
+                    FollowupState::Skipped => {
+                        assert!(after.reason.is_some() && after.next_at.is_none())
+                    }
+                    _ => {}
+                }
+                let held = matches!(op, Op::Finish(Finish::Hold { .. }));
+                assert_eq!(after.held.is_some(), held, "{from:?} --{op:?}--> {after:?}");
+            } else {
+                assert_eq!(
+                    (after.attempts, after.next_at, after.reason.as_deref()),
+                    (before.attempts, before.next_at, before.reason.as_deref()),
+                    "{from:?} --{op:?}--> refused, yet the row changed"
+                );
+            }
+        }
+    }
+    // Every legal move of the table was taken at least once.
+    for from in FollowupState::ALL {
+        for e in FollowupEvent::all() {
+            if aftercart::domain::next_state(from, e).is_ok() {
+                assert!(
+                    walked.contains(&(from, e.name())),
+                    "{from:?} --{e:?}--> never walked"
+                );
+            }
+        }
+    }
 }

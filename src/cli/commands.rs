@@ -121,7 +121,7 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
                             "order_id": r.order_id, "campaign": r.campaign, "state": r.state, "reason": r.reason,
                             "due_at": r.due_at, "sent_at": r.sent_at, "message_id": r.message_id,
                             "smtp_reply": r.smtp_reply, "attempts": r.attempts, "customer_id": r.customer_id,
-                            "items": r.items, "next_at": r.next_at,
+                            "items": r.items, "next_at": r.next_at, "held": r.held,
                         })
                     })
                     .collect();

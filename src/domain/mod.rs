@@ -3,6 +3,7 @@
 //! Pure: no I/O, no dependency on other modules of the crate.
 
 mod campaign;
+mod followup;
 mod ids;
 mod money;
 mod records;
@@ -10,6 +11,10 @@ mod text;
 mod time;
 
 pub use campaign::{HoldoutShare, Strategy, Trigger};
+pub use followup::{
+    FollowupEvent, FollowupState, IllegalTransition, SkipReason, next as next_state,
+    sources as legal_sources,
+};
 pub use ids::{CampaignName, CustomerId, EmailAddress, OrderId, ProductId};
 pub use money::Money;
 pub(crate) use records::kind as json_kind;

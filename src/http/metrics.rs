@@ -30,12 +30,18 @@ pub(crate) async fn metrics(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     super::auth::metrics_allowed(&s, &headers)?;
-    let m = s
+    let mut m = s
         .engine
         .store
         .metrics(s.engine.clock.now())
         .await
         .map_err(ApiError::internal)?;
+    // Every skip reason is a series from the start (0), as Prometheus expects.
+    for r in crate::domain::SkipReason::ALL {
+        m.skipped_by_reason
+            .entry(r.as_str().to_owned())
+            .or_insert(0);
+    }
 
     // Families are written one after the other: HELP, TYPE, then the samples.
     let mut out = String::new();

@@ -4,7 +4,7 @@
 use super::Clock;
 use super::policy::{cap_frees_at, quiet_until};
 use crate::config::{Campaign, CapPolicy, Settings};
-use crate::domain::{Customer, ProductId};
+use crate::domain::{Customer, ProductId, SkipReason};
 use crate::domain::{Order, Timestamp};
 use crate::mail::OutgoingEmail;
 use crate::measure::token::{self, LinkKeys};
@@ -59,7 +59,7 @@ pub struct Prepared {
 #[derive(Debug)]
 pub enum Decision {
     Send(Box<Prepared>),
-    Skip(&'static str),
+    Skip(SkipReason),
     /// Quiet hours or the weekly cap (policy `defer`): try again at this time.
     Defer(Timestamp),
     /// The template failed to render: nothing is sent, the row waits for a fix.
@@ -219,28 +219,28 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
         let Some(campaign) = self.settings.campaign(super::base_name(campaign_name)) else {
-            return Ok(Decision::Skip("campaign_removed"));
+            return Ok(Decision::Skip(SkipReason::CampaignRemoved));
         };
         if !campaign.enabled {
-            return Ok(Decision::Skip("campaign_disabled"));
+            return Ok(Decision::Skip(SkipReason::CampaignDisabled));
         }
         let Some(ctx) = ctx else {
-            return Ok(Decision::Skip("order_missing"));
+            return Ok(Decision::Skip(SkipReason::OrderMissing));
         };
         if ctx.order.status.is_void() {
-            return Ok(Decision::Skip("order_cancelled"));
+            return Ok(Decision::Skip(SkipReason::OrderCancelled));
         }
         let Some(customer) = &ctx.customer else {
-            return Ok(Decision::Skip("unknown_customer"));
+            return Ok(Decision::Skip(SkipReason::UnknownCustomer));
         };
         if !customer.customer.marketing_consent {
-            return Ok(Decision::Skip("no_consent"));
+            return Ok(Decision::Skip(SkipReason::NoConsent));
         }
         if customer.unsubscribed {
-            return Ok(Decision::Skip("unsubscribed"));
+            return Ok(Decision::Skip(SkipReason::Unsubscribed));
         }
         if customer.suppressed {
-            return Ok(Decision::Skip("suppressed"));
+            return Ok(Decision::Skip(SkipReason::Suppressed));
         }
         // The control group: decided before caps, quiet hours and picks, so that it is
         // drawn from the same customers as the recipients.
@@ -249,7 +249,7 @@ impl Engine {
             &campaign.name,
             campaign.holdout_share,
         ) {
-            return Ok(Decision::Skip("holdout"));
+            return Ok(Decision::Skip(SkipReason::Holdout));
         }
         if let Some(q) = &self.settings.limits.quiet_hours
             && let Some(until) = quiet_until(q, self.customer_tz(customer), now)
@@ -263,13 +263,13 @@ impl Engine {
             now,
         ) {
             return Ok(match campaign.cap_policy {
-                CapPolicy::Skip => Decision::Skip("frequency_cap"),
+                CapPolicy::Skip => Decision::Skip(SkipReason::FrequencyCap),
                 CapPolicy::Defer => Decision::Defer(free),
             });
         }
         let picks = self.picks(&ctx.order, campaign, history);
         if picks.is_empty() {
-            return Ok(Decision::Skip("nothing_to_recommend"));
+            return Ok(Decision::Skip(SkipReason::NothingToRecommend));
         }
         Ok(
             match self.compose(
@@ -281,7 +281,7 @@ impl Engine {
                 followup_id,
             ) {
                 Ok(p) => Decision::Send(Box::new(p)),
-                // Recorded on the row (`template error: …`), which `status` reports.
+                // The row is held (`held`), which `status` reports.
                 Err(problem) => Decision::TemplateError(problem),
             },
         )

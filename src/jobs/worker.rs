@@ -18,9 +18,7 @@ use super::policy::backoff;
 use crate::domain::Timestamp;
 use crate::mail::relay::RelayState;
 use crate::mail::{Mailer, SendError};
-use crate::store::{
-    Claimed, Finish, FollowupState, History, OrderContext, RelayPause, Store, StoreError,
-};
+use crate::store::{Claimed, Finish, History, OrderContext, RelayPause, Store, StoreError};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -270,36 +268,25 @@ async fn process(
         Err(err) => {
             warn!(error = %err, "could not load the follow-up; retrying later");
             counters.retried.fetch_add(1, Ordering::Relaxed);
-            Finish::Retry {
+            Finish::Requeue {
                 next_at: now.plus(Duration::from_secs(30)),
                 reply: None,
-                state: FollowupState::Scheduled,
-                smtp_attempt: false,
             }
         }
         Ok(Decision::Skip(reason)) => {
             counters.skipped.fetch_add(1, Ordering::Relaxed);
-            Finish::Skipped {
-                reason: reason.to_owned(),
-            }
+            Finish::Skipped { reason }
         }
         Ok(Decision::Defer(at)) => {
             counters.deferred.fetch_add(1, Ordering::Relaxed);
-            Finish::Retry {
-                next_at: at,
-                reply: None,
-                state: FollowupState::Deferred,
-                smtp_attempt: false,
-            }
+            Finish::Defer { next_at: at }
         }
         Ok(Decision::TemplateError(problem)) => {
             warn!(%problem, "template error: nothing sent, follow-up kept");
             counters.retried.fetch_add(1, Ordering::Relaxed);
-            Finish::Retry {
+            Finish::Hold {
                 next_at: now.plus(Duration::from_secs(60)),
-                reply: Some(format!("template error: {problem}")),
-                state: FollowupState::Scheduled,
-                smtp_attempt: false,
+                problem,
             }
         }
         Ok(Decision::Send(p)) => {
@@ -345,12 +332,10 @@ async fn process(
                         .last_reply
                         .as_deref()
                         .is_some_and(|r| r.starts_with(UNKNOWN));
-                    Finish::Retry {
+                    Finish::Requeue {
                         next_at: e.clock.now(),
                         // An earlier unknown outcome must stay visible to the next attempt.
                         reply: (!keep_unknown).then(|| format!("relay paused: {reply}")),
-                        state: FollowupState::Scheduled,
-                        smtp_attempt: false,
                     }
                 }
                 // The relay may have delivered it. Resent at most once, with the same
@@ -406,11 +391,9 @@ fn retry_later(e: &Engine, attempts: i64, at_least: Duration, reply: &str) -> (D
         rand::random::<f64>(),
     )
     .max(at_least);
-    let retry = Finish::Retry {
+    let retry = Finish::SmtpRetry {
         next_at: e.clock.now().plus(wait),
-        reply: Some(reply.to_owned()),
-        state: FollowupState::Scheduled,
-        smtp_attempt: true,
+        reply: reply.to_owned(),
     };
     (wait, retry)
 }

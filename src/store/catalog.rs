@@ -4,8 +4,8 @@
 use super::ledger::ScheduleRule;
 use super::{CHUNK, Db, Result, Store, StoreError, with_db};
 use crate::domain::{
-    CategoryPath, Customer, CustomerId, EmailAddress, Event, Money, Order, OrderId, OrderItem,
-    OrderStatus, Product, ProductId, Timestamp,
+    CategoryPath, Customer, CustomerId, EmailAddress, Event, FollowupEvent, FollowupState, Money,
+    Order, OrderId, OrderItem, OrderStatus, Product, ProductId, SkipReason, Timestamp,
 };
 use serde_json::json;
 use sqlx::Row;
@@ -175,9 +175,11 @@ const FOLLOWUPS_PG: &str = "INSERT INTO followups (order_id, campaign, customer_
  FROM jsonb_to_recordset($1::jsonb) AS r(order_id text, campaign text, customer_id text, due_at bigint)
  ON CONFLICT (order_id, campaign) DO NOTHING";
 
-const CANCEL_SQLITE: &str = "UPDATE followups SET state = 'skipped', reason = 'order_cancelled', next_at = NULL, updated_at = $2
+// $3 = skipped, $4 = order_cancelled (the lifecycle's `Skip` from scheduled or deferred).
+const CANCEL_SQLITE: &str =
+    "UPDATE followups SET state = $3, reason = $4, next_at = NULL, updated_at = $2
  WHERE order_id IN (SELECT value FROM json_each($1)) AND state IN ('scheduled', 'deferred')";
-const CANCEL_PG: &str = "UPDATE followups SET state = 'skipped', reason = 'order_cancelled', next_at = NULL, updated_at = $2
+const CANCEL_PG: &str = "UPDATE followups SET state = $3, reason = $4, next_at = NULL, updated_at = $2
  WHERE order_id IN (SELECT jsonb_array_elements_text($1::jsonb)) AND state IN ('scheduled', 'deferred')";
 
 // Batch reads: the ids arrive as one JSON array parameter, so the SQL stays fixed.
@@ -301,8 +303,10 @@ impl Store {
                             .bind(now.0).execute(&mut *tx).await?.rows_affected();
                     }
                     if !void.is_empty() {
+                        let reason = SkipReason::OrderCancelled;
+                        let to = super::ledger::transition(FollowupState::Scheduled, FollowupEvent::Withdraw(reason))?;
                         c += sqlx::query(pick(CANCEL_SQLITE, CANCEL_PG)).bind(json!(void).to_string())
-                            .bind(now.0).execute(&mut *tx).await?.rows_affected();
+                            .bind(now.0).bind(to).bind(reason.as_str()).execute(&mut *tx).await?.rows_affected();
                     }
                 }
                 tx.commit().await?;

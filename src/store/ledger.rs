@@ -1,4 +1,5 @@
-//! The follow-up ledger, which is also the queue. SPEC §7's lifecycle:
+//! The follow-up ledger, which is also the queue. SPEC §7's lifecycle (the legal moves
+//! are the table in `domain::followup`; every state written here comes from it):
 //!
 //! - `scheduled`: stored when an order reaches its campaign's trigger; `next_at` = due.
 //! - `deferred`: a cap or quiet hours moved it; `next_at` = the first allowed time.
@@ -11,51 +12,11 @@
 //! was taken over cannot overwrite the new owner's outcome.
 
 use super::{Db, Result, Store, with_db};
-use crate::domain::{Order, Timestamp, Trigger};
+use crate::domain::{
+    FollowupEvent, FollowupState, Order, SkipReason, Timestamp, Trigger, next_state,
+};
 use sqlx::Row;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FollowupState {
-    Scheduled,
-    Deferred,
-    Sending,
-    Sent,
-    Skipped,
-    Failed,
-}
-
-impl FollowupState {
-    pub const ALL: [FollowupState; 6] = [
-        Self::Scheduled,
-        Self::Deferred,
-        Self::Sending,
-        Self::Sent,
-        Self::Skipped,
-        Self::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Scheduled => "scheduled",
-            Self::Deferred => "deferred",
-            Self::Sending => "sending",
-            Self::Sent => "sent",
-            Self::Skipped => "skipped",
-            Self::Failed => "failed",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str() == raw)
-            .ok_or_else(|| {
-                format!("{raw:?} is not one of scheduled|deferred|sending|sent|skipped|failed")
-            })
-    }
-}
 
 /// When a campaign's follow-up falls due for an order.
 #[derive(Debug, Clone)]
@@ -92,7 +53,8 @@ pub struct Claimed {
     pub last_reply: Option<String>,
 }
 
-/// How a claimed row ends (or goes back to the queue).
+/// How a claimed row ends (or goes back to the queue): each variant is one event of the
+/// lifecycle (`domain::FollowupEvent`), and the state it writes comes from its table.
 #[derive(Debug, Clone)]
 pub enum Finish {
     Sent {
@@ -102,20 +64,89 @@ pub enum Finish {
         at: Timestamp,
     },
     Skipped {
-        reason: String,
+        reason: SkipReason,
     },
     Failed {
         reply: String,
     },
-    /// Back to the queue at `next_at`: an SMTP retry (`smtp_attempt`, counted), or a
-    /// wait that is no attempt (quiet hours, cap `defer` → `deferred`; template error →
-    /// stays `scheduled`).
-    Retry {
+    /// Another SMTP attempt at `next_at` (this one counted).
+    SmtpRetry {
+        next_at: Timestamp,
+        reply: String,
+    },
+    /// Quiet hours or cap policy `defer`: `deferred` until `next_at`, no attempt.
+    Defer {
+        next_at: Timestamp,
+    },
+    /// The template failed for it: `scheduled`, held with the problem until `next_at`.
+    Hold {
+        next_at: Timestamp,
+        problem: String,
+    },
+    /// Not decided (store unreadable, relay paused): back as it was, no attempt; `reply`
+    /// replaces the last one when given.
+    Requeue {
         next_at: Timestamp,
         reply: Option<String>,
-        state: FollowupState,
-        smtp_attempt: bool,
     },
+}
+
+impl Finish {
+    pub fn event(&self) -> FollowupEvent {
+        match self {
+            Finish::Sent { .. } => FollowupEvent::Deliver,
+            Finish::Skipped { reason } => FollowupEvent::Skip(*reason),
+            Finish::Failed { .. } => FollowupEvent::Fail,
+            Finish::SmtpRetry { .. } => FollowupEvent::SmtpRetry,
+            Finish::Defer { .. } => FollowupEvent::Defer,
+            Finish::Hold { .. } => FollowupEvent::Hold,
+            Finish::Requeue { .. } => FollowupEvent::Requeue,
+        }
+    }
+
+    /// The row this outcome writes (one element of the batch's JSON array).
+    fn row(&self, id: i64) -> Result<serde_json::Value> {
+        let state = transition(FollowupState::Sending, self.event())?;
+        let mut row = serde_json::json!({"id": id, "state": state, "refund": 0});
+        match self {
+            Finish::Sent {
+                message_id,
+                reply,
+                items,
+                at,
+            } => {
+                row["message_id"] = message_id.as_str().into();
+                row["smtp_reply"] = reply.as_str().into();
+                row["items"] = serde_json::to_string(items).unwrap_or_default().into();
+                row["sent_at"] = at.0.into();
+            }
+            Finish::Skipped { reason } => row["reason"] = reason.as_str().into(),
+            Finish::Failed { reply } => row["smtp_reply"] = reply.as_str().into(),
+            Finish::SmtpRetry { next_at, reply } => {
+                row["smtp_reply"] = reply.as_str().into();
+                row["next_at"] = next_at.0.into();
+            }
+            Finish::Defer { next_at } => {
+                row["next_at"] = next_at.0.into();
+                row["refund"] = 1.into();
+            }
+            Finish::Hold { next_at, problem } => {
+                // Shown as the last outcome in `followups`; the hold itself is `held`.
+                row["smtp_reply"] = format!("template error: {problem}").into();
+                row["held"] = problem.as_str().into();
+                row["next_at"] = next_at.0.into();
+                row["refund"] = 1.into();
+            }
+            Finish::Requeue { next_at, reply } => {
+                if let Some(reply) = reply {
+                    row["smtp_reply"] = reply.as_str().into();
+                }
+                row["next_at"] = next_at.0.into();
+                row["refund"] = 1.into();
+            }
+        }
+        Ok(row)
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -133,13 +164,15 @@ pub struct FollowupRow {
     pub smtp_reply: Option<String>,
     pub attempts: i64,
     pub items: Vec<String>,
+    /// The template problem holding a `scheduled` row back (None when nothing holds it).
+    pub held: Option<String>,
 }
 
-const CLAIM_SQLITE: &str = "UPDATE followups SET state = 'sending', lease_owner = $1, next_at = $2, attempts = attempts + 1, updated_at = $3
+const CLAIM_SQLITE: &str = "UPDATE followups SET state = $5, lease_owner = $1, next_at = $2, attempts = attempts + 1, updated_at = $3
  WHERE id IN (SELECT id FROM followups WHERE next_at IS NOT NULL AND next_at <= $3 ORDER BY next_at LIMIT $4)
  RETURNING id, order_id, campaign, customer_id, due_at, attempts, smtp_reply";
 // SKIP LOCKED lets many workers claim side by side without waiting on each other.
-const CLAIM_PG: &str = "UPDATE followups f SET state = 'sending', lease_owner = $1, next_at = $2, attempts = f.attempts + 1, updated_at = $3
+const CLAIM_PG: &str = "UPDATE followups f SET state = $5, lease_owner = $1, next_at = $2, attempts = f.attempts + 1, updated_at = $3
  FROM (SELECT id FROM followups WHERE next_at IS NOT NULL AND next_at <= $3 ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED) c
  WHERE f.id = c.id
  RETURNING f.id, f.order_id, f.campaign, f.customer_id, f.due_at, f.attempts, f.smtp_reply";
@@ -149,18 +182,25 @@ const CLAIM_PG: &str = "UPDATE followups f SET state = 'sending', lease_owner = 
 const FINISH_SQLITE: &str = "UPDATE followups SET state = j.state, reason = j.reason,
    message_id = COALESCE(j.message_id, followups.message_id), smtp_reply = COALESCE(j.smtp_reply, followups.smtp_reply),
    items = COALESCE(j.items, followups.items), sent_at = COALESCE(j.sent_at, followups.sent_at), next_at = j.next_at,
-   attempts = followups.attempts - j.refund, lease_owner = NULL, updated_at = $3
+   attempts = followups.attempts - j.refund, lease_owner = NULL, held = j.held, updated_at = $3
  FROM (SELECT value->>'id' AS id, value->>'state' AS state, value->>'reason' AS reason, value->>'message_id' AS message_id,
               value->>'smtp_reply' AS smtp_reply, value->>'items' AS items, value->>'sent_at' AS sent_at,
-              value->>'next_at' AS next_at, value->>'refund' AS refund FROM json_each($1)) AS j
+              value->>'next_at' AS next_at, value->>'refund' AS refund, value->>'held' AS held FROM json_each($1)) AS j
  WHERE followups.id = j.id AND followups.lease_owner = $2 AND followups.state = 'sending'";
 const FINISH_PG: &str = "UPDATE followups SET state = j.state, reason = j.reason,
    message_id = COALESCE(j.message_id, followups.message_id), smtp_reply = COALESCE(j.smtp_reply, followups.smtp_reply),
    items = COALESCE(j.items, followups.items), sent_at = COALESCE(j.sent_at, followups.sent_at), next_at = j.next_at,
-   attempts = followups.attempts - j.refund, lease_owner = NULL, updated_at = $3
+   attempts = followups.attempts - j.refund, lease_owner = NULL, held = j.held, updated_at = $3
  FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, state text, reason text, message_id text, smtp_reply text, items text,
-   sent_at bigint, next_at bigint, refund bigint)
+   sent_at bigint, next_at bigint, refund bigint, held text)
  WHERE followups.id = j.id AND followups.lease_owner = $2 AND followups.state = 'sending'";
+
+/// The state the lifecycle table gives, as stored.
+pub(super) fn transition(from: FollowupState, event: FollowupEvent) -> Result<&'static str> {
+    next_state(from, event)
+        .map(FollowupState::as_str)
+        .map_err(|e| super::StoreError::Corrupt(e.to_string()))
+}
 
 impl Store {
     /// Takes up to `limit` due rows (due, deferred and retry times passed, or leases run
@@ -177,9 +217,10 @@ impl Store {
         } else {
             CLAIM_PG
         };
+        let claimed = transition(FollowupState::Scheduled, FollowupEvent::Claim)?;
         let _turn = self.write_turn().await;
         with_db!(&self.db, p => {
-            let rows = sqlx::query(sql).bind(owner).bind(lease_until.0).bind(now.0).bind(limit as i64).fetch_all(p).await?;
+            let rows = sqlx::query(sql).bind(owner).bind(lease_until.0).bind(now.0).bind(limit as i64).bind(claimed).fetch_all(p).await?;
             let mut out = rows.iter().map(|r| -> Result<Claimed> {
                 Ok(Claimed {
                     id: r.try_get("id")?,
@@ -204,21 +245,10 @@ impl Store {
         outcomes: &[(i64, Finish)],
         now: Timestamp,
     ) -> Result<u64> {
-        let rows: Vec<serde_json::Value> = outcomes
+        let rows = outcomes
             .iter()
-            .map(|(id, f)| match f {
-                Finish::Sent { message_id, reply, items, at } => serde_json::json!({
-                    "id": id, "state": "sent", "message_id": message_id, "smtp_reply": reply,
-                    "items": serde_json::to_string(items).unwrap_or_default(), "sent_at": at.0, "refund": 0,
-                }),
-                Finish::Skipped { reason } => serde_json::json!({"id": id, "state": "skipped", "reason": reason, "refund": 0}),
-                Finish::Failed { reply } => serde_json::json!({"id": id, "state": "failed", "smtp_reply": reply, "refund": 0}),
-                Finish::Retry { next_at, reply, state, smtp_attempt } => serde_json::json!({
-                    "id": id, "state": state.as_str(), "smtp_reply": reply, "next_at": next_at.0,
-                    "refund": if *smtp_attempt { 0 } else { 1 },
-                }),
-            })
-            .collect();
+            .map(|(id, f)| f.row(*id))
+            .collect::<Result<Vec<_>>>()?;
         let json = serde_json::Value::from(rows).to_string();
         let sql = if matches!(self.db, Db::Sqlite(_)) {
             FINISH_SQLITE
@@ -251,10 +281,11 @@ impl Store {
 
     /// Hands rows this worker holds back to the queue at once (graceful shutdown).
     pub async fn release(&self, owner: &str, now: Timestamp) -> Result<u64> {
-        let sql = "UPDATE followups SET state = 'scheduled', next_at = $2, attempts = attempts - 1, lease_owner = NULL, updated_at = $2
+        let sql = "UPDATE followups SET state = $3, next_at = $2, attempts = attempts - 1, lease_owner = NULL, updated_at = $2
                    WHERE lease_owner = $1 AND state = 'sending'";
+        let to = transition(FollowupState::Sending, FollowupEvent::Release)?;
         let _turn = self.write_turn().await;
-        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(owner).bind(now.0).execute(p).await?.rows_affected()))
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(owner).bind(now.0).bind(to).execute(p).await?.rows_affected()))
     }
 
     pub async fn followups(
@@ -263,7 +294,7 @@ impl Store {
         state: Option<FollowupState>,
         limit: i64,
     ) -> Result<Vec<FollowupRow>> {
-        let sql = "SELECT id, order_id, campaign, customer_id, state, reason, due_at, next_at, sent_at, message_id, smtp_reply, attempts, items
+        let sql = "SELECT id, order_id, campaign, customer_id, state, reason, due_at, next_at, sent_at, message_id, smtp_reply, attempts, items, held
                    FROM followups WHERE ($1 = '' OR order_id = $1) AND ($2 = '' OR state = $2) ORDER BY due_at, id LIMIT $3";
         with_db!(&self.db, p => {
             let rows = sqlx::query(sql).bind(order.unwrap_or("")).bind(state.map(|s| s.as_str()).unwrap_or("")).bind(limit).fetch_all(p).await?;
@@ -283,6 +314,7 @@ impl Store {
                     smtp_reply: r.try_get("smtp_reply")?,
                     attempts: r.try_get("attempts")?,
                     items: items.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
+                    held: r.try_get("held")?,
                 })
             }).collect()
         })
@@ -298,10 +330,10 @@ impl Store {
 
     /// Re-queues failed follow-ups on purpose (never sent or skipped ones).
     pub async fn retry_failed(&self, order: Option<&str>, now: Timestamp) -> Result<u64> {
-        let sql =
-            "UPDATE followups SET state = 'scheduled', next_at = $2, attempts = 0, updated_at = $2
+        let sql = "UPDATE followups SET state = $3, next_at = $2, attempts = 0, updated_at = $2
                    WHERE state = 'failed' AND ($1 = '' OR order_id = $1)";
-        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(order.unwrap_or("")).bind(now.0).execute(p).await?.rows_affected()))
+        let to = transition(FollowupState::Failed, FollowupEvent::RequeueFailed)?;
+        with_db!(&self.db, p => Ok(sqlx::query(sql).bind(order.unwrap_or("")).bind(now.0).bind(to).execute(p).await?.rows_affected()))
     }
 
     /// Schedules one follow-up (a marketing trigger); false when it already existed.

@@ -112,11 +112,11 @@ impl Store {
                 template_errors.insert(r.try_get("campaign")?, r.try_get("problem")?);
             }
             // Follow-ups held back by a template that failed to render for them.
-            let held = "SELECT campaign, MIN(smtp_reply) AS problem, COUNT(*) AS n FROM followups
-                        WHERE state = 'scheduled' AND smtp_reply LIKE 'template error:%' GROUP BY campaign";
+            let held = "SELECT campaign, MIN(held) AS problem, COUNT(*) AS n FROM followups
+                        WHERE held IS NOT NULL AND state = 'scheduled' GROUP BY campaign";
             for r in sqlx::query(held).fetch_all(p).await? {
                 let (problem, n): (String, i64) = (r.try_get("problem")?, r.try_get("n")?);
-                template_errors.insert(r.try_get("campaign")?, format!("{problem} ({n} follow-up(s) waiting)"));
+                template_errors.insert(r.try_get("campaign")?, format!("template error: {problem} ({n} follow-up(s) waiting)"));
             }
             Ok(StatusReport { followups, skipped_by_reason, failed_by_reply, bounces, sent_last_24h, next_due: next_due.map(Timestamp), workers, template_errors })
         })

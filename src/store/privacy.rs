@@ -13,7 +13,7 @@
 
 use super::ops::reply_group;
 use super::{Db, Result, Store, StoreError, with_db};
-use crate::domain::Timestamp;
+use crate::domain::{FollowupEvent, FollowupState, SkipReason, Timestamp};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -31,8 +31,7 @@ const FIND: &str = "SELECT id, email, forgotten_at FROM customers WHERE id = $1 
 const ERASE: &str = "UPDATE customers SET email = '', name = NULL, timezone = NULL, locale = NULL,
    marketing_consent = false, unsubscribed_at = COALESCE(unsubscribed_at, $2), forgotten_at = COALESCE(forgotten_at, $2)
  WHERE id = $1";
-const SKIP: &str =
-    "UPDATE followups SET state = 'skipped', reason = 'forgotten', next_at = NULL, updated_at = $2
+const SKIP: &str = "UPDATE followups SET state = $3, reason = $4, next_at = NULL, updated_at = $2
  WHERE customer_id = $1 AND state IN ('scheduled', 'deferred')";
 const REPLIES: &str =
     "SELECT id, smtp_reply FROM followups WHERE customer_id = $1 AND smtp_reply LIKE '%@%'";
@@ -41,6 +40,10 @@ impl Store {
     /// Erases the personal data of the customer whose id or email is `who` (every
     /// customer with that email). Empty when nobody matches.
     pub async fn forget(&self, who: &str, now: Timestamp) -> Result<Vec<Forgotten>> {
+        let skipped_state = super::ledger::transition(
+            FollowupState::Scheduled,
+            FollowupEvent::Withdraw(SkipReason::Forgotten),
+        )?;
         let _turn = self.write_turn().await;
         let out = with_db!(&self.db, p => {
             let mut conn = p.acquire().await?;
@@ -63,7 +66,8 @@ impl Store {
                         sqlx::query("DELETE FROM suppressions WHERE email = $1")
                             .bind(email.to_lowercase()).execute(&mut *tx).await?;
                     }
-                    let skipped = sqlx::query(SKIP).bind(&id).bind(now.0).execute(&mut *tx).await?.rows_affected();
+                    let skipped = sqlx::query(SKIP).bind(&id).bind(now.0).bind(skipped_state).bind(SkipReason::Forgotten.as_str())
+                        .execute(&mut *tx).await?.rows_affected();
                     for f in sqlx::query(REPLIES).bind(&id).fetch_all(&mut *tx).await? {
                         let fid: i64 = f.try_get("id")?;
                         let reply: Option<String> = f.try_get("smtp_reply")?;
