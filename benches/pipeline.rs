@@ -14,6 +14,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use aftercart::domain::CampaignKey;
 use aftercart::jobs::{Clock, RunOptions, Worker};
 use aftercart_testkit::sink::SmtpSink;
 use common::*;
@@ -156,7 +157,11 @@ async fn profile(n: usize) {
     let start = Instant::now();
     let mut emails = Vec::new();
     for r in &rows {
-        if let Decision::Send(p) = engine.decide(&r.order_id, &r.campaign, now).await.unwrap() {
+        if let Decision::Send(p) = engine
+            .decide(&r.order_id, &CampaignKey::parse(&r.campaign).unwrap(), now)
+            .await
+            .unwrap()
+        {
             emails.push(p.email);
         }
     }
@@ -201,7 +206,9 @@ async fn profile(n: usize) {
         let (e, chunk) = (engine.clone(), chunk.to_vec());
         set.spawn(async move {
             for r in chunk {
-                e.decide(&r.order_id, &r.campaign, now).await.unwrap();
+                e.decide(&r.order_id, &CampaignKey::parse(&r.campaign).unwrap(), now)
+                    .await
+                    .unwrap();
             }
         });
     }

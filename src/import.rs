@@ -3,8 +3,9 @@
 //! stored in chunks whatever the bad ones do. The HTTP API uses the same parsing and
 //! storing (`parse_record`, `Batch::store`).
 
+use crate::domain::ScheduleRule;
 use crate::domain::{Customer, Event, FieldError, Order, Product, ProductId, Timestamp};
-use crate::store::{ImportOutcome, ScheduleRule, Store, StoreError};
+use crate::store::{ImportOutcome, Store, StoreError};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;

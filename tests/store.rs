@@ -86,7 +86,7 @@ async fn claims_are_leased_and_only_the_owner_finishes() {
         .unwrap();
     assert_eq!(done, 1);
     let row = store
-        .followups(Some(&first.order_id), None, 10)
+        .followups(Some(first.order_id.as_str()), None, 10)
         .await
         .unwrap()
         .into_iter()
@@ -317,7 +317,7 @@ async fn every_lifecycle_move_goes_through_the_store_as_the_table_says() {
                 |rows: Vec<FollowupRow>| rows.into_iter().find(|r| r.id == row.id).unwrap();
             let before = state_of(
                 store
-                    .followups(Some(&row.order_id), None, 100)
+                    .followups(Some(row.order_id.as_str()), None, 100)
                     .await
                     .unwrap(),
             );
@@ -340,15 +340,18 @@ async fn every_lifecycle_move_goes_through_the_store_as_the_table_says() {
                     store.release(&owner, t).await.unwrap();
                 }
                 Op::RequeueFailed => {
-                    store.retry_failed(Some(&row.order_id), t).await.unwrap();
+                    store
+                        .retry_failed(Some(row.order_id.as_str()), t)
+                        .await
+                        .unwrap();
                 }
                 Op::Forget => {
-                    store.forget(&row.customer_id, now).await.unwrap();
+                    store.forget(row.customer_id.as_str(), now).await.unwrap();
                 }
             }
             let after = state_of(
                 store
-                    .followups(Some(&row.order_id), None, 100)
+                    .followups(Some(row.order_id.as_str()), None, 100)
                     .await
                     .unwrap(),
             );

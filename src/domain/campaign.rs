@@ -1,6 +1,9 @@
 //! What a campaign is made of, as parsed from the config.
 
+use super::{CampaignName, Order, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
 
 /// Which event starts a campaign's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,5 +69,102 @@ impl HoldoutShare {
 
     pub fn is_off(self) -> bool {
         self.0 == 0.0
+    }
+}
+
+/// A follow-up's campaign as the ledger keys it: the campaign, and for a marketing
+/// trigger the trigger's id (stored `NAME#TRIGGER`), so one order gets a campaign once
+/// per trigger. The stored form also feeds the Message-ID, so it never changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CampaignKey {
+    name: CampaignName,
+    trigger: Option<String>,
+}
+
+impl CampaignKey {
+    /// The key of a campaign's automatic follow-up (stored as its name).
+    pub fn of(name: CampaignName) -> Self {
+        Self {
+            name,
+            trigger: None,
+        }
+    }
+
+    /// The key of a follow-up a marketing trigger scheduled.
+    pub fn triggered(name: CampaignName, trigger_id: &str) -> Self {
+        Self {
+            name,
+            trigger: Some(trigger_id.to_owned()),
+        }
+    }
+
+    /// Reads the stored form (`NAME` or `NAME#TRIGGER`).
+    pub fn parse(stored: &str) -> Result<Self, String> {
+        let (name, trigger) = match stored.split_once('#') {
+            Some((n, t)) if !t.is_empty() => (n, Some(t.to_owned())),
+            Some(_) => return Err(format!("campaign key {stored:?} has an empty trigger id")),
+            None => (stored, None),
+        };
+        Ok(Self {
+            name: CampaignName::parse(name)?,
+            trigger,
+        })
+    }
+
+    pub fn name(&self) -> &CampaignName {
+        &self.name
+    }
+
+    pub fn trigger(&self) -> Option<&str> {
+        self.trigger.as_deref()
+    }
+}
+
+impl fmt::Display for CampaignKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.trigger {
+            Some(t) => write!(f, "{}#{t}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// When a campaign's follow-up falls due for an order.
+#[derive(Debug, Clone)]
+pub struct ScheduleRule {
+    pub campaign: CampaignName,
+    pub trigger: Trigger,
+    pub delay: Duration,
+}
+
+impl ScheduleRule {
+    /// The due time, or None when the order has not reached the trigger.
+    pub fn due_at(&self, o: &Order) -> Option<Timestamp> {
+        use super::OrderStatus::*;
+        let start = match (self.trigger, o.status) {
+            (Trigger::OrderCompleted, Completed | Delivered) => o.completed_at.or(o.delivered_at)?,
+            (Trigger::OrderDelivered, Delivered) => o.delivered_at.or(o.completed_at)?,
+            _ => return None,
+        };
+        Some(start.plus(self.delay))
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn campaign_keys_keep_their_stored_form() {
+        for stored in ["complete_your_setup", "upgrade#3f9a0c1d22e4"] {
+            assert_eq!(CampaignKey::parse(stored).unwrap().to_string(), stored);
+        }
+        let k = CampaignKey::parse("upgrade#spring-1").unwrap();
+        assert_eq!(
+            (k.name().as_str(), k.trigger()),
+            ("upgrade", Some("spring-1"))
+        );
+        assert!(CampaignKey::parse("upgrade#").is_err());
+        assert!(CampaignKey::parse("#x").is_err());
     }
 }

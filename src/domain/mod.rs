@@ -10,7 +10,7 @@ mod records;
 mod text;
 mod time;
 
-pub use campaign::{HoldoutShare, Strategy, Trigger};
+pub use campaign::{CampaignKey, HoldoutShare, ScheduleRule, Strategy, Trigger};
 pub use followup::{
     FollowupEvent, FollowupState, IllegalTransition, SkipReason, next as next_state,
     sources as legal_sources,

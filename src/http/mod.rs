@@ -23,8 +23,8 @@ mod pages;
 mod serve;
 mod shopify;
 
+use crate::domain::ScheduleRule;
 use crate::jobs::Engine;
-use crate::store::ScheduleRule;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;

@@ -4,7 +4,7 @@
 use super::Clock;
 use super::policy::{cap_frees_at, quiet_until};
 use crate::config::{Campaign, CapPolicy, Settings};
-use crate::domain::{Customer, ProductId, SkipReason};
+use crate::domain::{CampaignKey, Customer, ProductId, SkipReason};
 use crate::domain::{Order, Timestamp};
 use crate::mail::OutgoingEmail;
 use crate::measure::token::{self, LinkKeys};
@@ -167,14 +167,13 @@ impl Engine {
     pub async fn decide(
         &self,
         order_id: &str,
-        campaign_name: &str,
+        campaign: &CampaignKey,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
         let loaded = self.load(&[order_id], now).await?;
         let ctx = loaded.orders.get(order_id);
         let history = ctx.and_then(|c| loaded.histories.get(c.order.customer_id.as_str()));
-        self.decide_loaded(None, campaign_name, ctx, history, now)
-            .await
+        self.decide_loaded(None, campaign, ctx, history, now).await
     }
 
     /// Reads what the rules need for a batch of follow-ups in a handful of queries:
@@ -213,12 +212,12 @@ impl Engine {
     pub async fn decide_loaded(
         &self,
         followup_id: Option<i64>,
-        campaign_name: &str,
+        key: &CampaignKey,
         ctx: Option<&OrderContext>,
         history: Option<&History>,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
-        let Some(campaign) = self.settings.campaign(super::base_name(campaign_name)) else {
+        let Some(campaign) = self.settings.campaign(key.name().as_str()) else {
             return Ok(Decision::Skip(SkipReason::CampaignRemoved));
         };
         if !campaign.enabled {
@@ -272,14 +271,7 @@ impl Engine {
             return Ok(Decision::Skip(SkipReason::NothingToRecommend));
         }
         Ok(
-            match self.compose(
-                &ctx.order,
-                customer,
-                campaign,
-                campaign_name,
-                picks,
-                followup_id,
-            ) {
+            match self.compose(&ctx.order, customer, campaign, key, picks, followup_id) {
                 Ok(p) => Decision::Send(Box::new(p)),
                 // The row is held (`held`), which `status` reports.
                 Err(problem) => Decision::TemplateError(problem),
@@ -312,7 +304,7 @@ impl Engine {
         order: &Order,
         customer: &CustomerRow,
         campaign: &Campaign,
-        key: &str,
+        key: &CampaignKey,
         picks: Vec<Pick>,
         followup_id: Option<i64>,
     ) -> Result<Prepared, String> {
@@ -365,7 +357,7 @@ impl Engine {
             subject: rendered.subject.clone(),
             html: rendered.html.clone(),
             text: rendered.text.clone(),
-            message_id: message_id(order.id.as_str(), key, &s.smtp.from),
+            message_id: message_id(order.id.as_str(), &key.to_string(), &s.smtp.from),
             headers,
         };
         Ok(Prepared {
@@ -544,7 +536,7 @@ impl Engine {
             &ctx.order,
             &customer,
             campaign,
-            campaign.name.as_str(),
+            &CampaignKey::of(campaign.name.clone()),
             picks,
             None,
         )

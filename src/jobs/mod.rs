@@ -16,7 +16,6 @@ pub use clock::Clock;
 pub use compose::{Decision, Engine, Loaded, Prepared, load_model, message_id, watch_templates};
 pub use report::{DEFAULT_SINCE as DEFAULT_REPORT_SINCE, ReportError, attributed_totals, report};
 pub use schedule::{
-    SampleEmail, TriggerError, TriggerReport, base_name, schedule_rules, trigger, trigger_id,
-    trigger_with_id,
+    SampleEmail, TriggerError, TriggerReport, schedule_rules, trigger, trigger_id, trigger_with_id,
 };
 pub use worker::{RunOptions, RunSummary, Worker};

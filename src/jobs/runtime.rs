@@ -187,8 +187,10 @@ impl Claimer {
                     None
                 }
             };
-            let mut by_customer: BTreeMap<String, Vec<(Claimed, OwnedSemaphorePermit)>> =
-                BTreeMap::new();
+            let mut by_customer: BTreeMap<
+                crate::domain::CustomerId,
+                Vec<(Claimed, OwnedSemaphorePermit)>,
+            > = BTreeMap::new();
             for (c, p) in claimed.into_iter().zip(held) {
                 by_customer
                     .entry(c.customer_id.clone())
@@ -200,10 +202,10 @@ impl Claimer {
                 .map(|(customer, rows)| {
                     let (history, orders) = match loaded.as_mut() {
                         Some(l) => (
-                            l.histories.remove(&customer),
+                            l.histories.remove(customer.as_str()),
                             Some(
                                 rows.iter()
-                                    .map(|(c, _)| l.orders.get(&c.order_id).cloned())
+                                    .map(|(c, _)| l.orders.get(c.order_id.as_str()).cloned())
                                     .collect(),
                             ),
                         ),

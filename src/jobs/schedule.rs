@@ -12,8 +12,9 @@
 
 use super::{Decision, Engine};
 use crate::config::Settings;
-use crate::domain::{ProductId, Timestamp};
-use crate::store::{ScheduleRule, StoreError};
+use crate::domain::ScheduleRule;
+use crate::domain::{CampaignKey, ProductId, Timestamp};
+use crate::store::StoreError;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub fn schedule_rules(s: &Settings) -> Vec<ScheduleRule> {
         .iter()
         .filter(|c| c.enabled)
         .map(|c| ScheduleRule {
-            campaign: c.name.to_string(),
+            campaign: c.name.clone(),
             trigger: c.trigger,
             delay: c.delay,
         })
@@ -88,11 +89,6 @@ impl TriggerReport {
     }
 }
 
-/// The campaign part of a stored follow-up's campaign column (`NAME#TRIGGER` → `NAME`).
-pub fn base_name(stored: &str) -> &str {
-    stored.split_once('#').map(|(n, _)| n).unwrap_or(stored)
-}
-
 pub fn trigger_id(
     name: &str,
     bought: Option<&ProductId>,
@@ -135,7 +131,8 @@ pub async fn trigger_with_id(
         .ok_or_else(|| TriggerError::UnknownCampaign(name.to_owned()))?;
     let now = engine.clock.now();
     let segment = engine.store.segment(bought, now.minus(since)).await?;
-    let stored_name = format!("{}#{id}", campaign.name);
+    let key = CampaignKey::triggered(campaign.name.clone(), id);
+    let stored_name = key.to_string();
     let mut report = TriggerReport {
         campaign: campaign.name.to_string(),
         trigger_id: id.to_owned(),
@@ -148,7 +145,7 @@ pub async fn trigger_with_id(
     };
     for (customer, order) in &segment {
         if dry_run {
-            let outcome = match engine.decide(order.as_str(), &stored_name, now).await? {
+            let outcome = match engine.decide(order.as_str(), &key, now).await? {
                 Decision::Send(p) => {
                     if report.sample.is_none() {
                         report.sample = Some(SampleEmail {

@@ -1,11 +1,11 @@
 //! Catalog, customers, orders and events: bulk upserts (one statement per chunk, the
 //! rows passed as one JSON parameter so the SQL stays fixed) and the reads a job needs.
 
-use super::ledger::ScheduleRule;
 use super::{CHUNK, Db, Result, Store, StoreError, with_db};
 use crate::domain::{
     CategoryPath, Customer, CustomerId, EmailAddress, Event, FollowupEvent, FollowupState, Money,
-    Order, OrderId, OrderItem, OrderStatus, Product, ProductId, SkipReason, Timestamp,
+    Order, OrderId, OrderItem, OrderStatus, Product, ProductId, ScheduleRule, SkipReason,
+    Timestamp,
 };
 use serde_json::json;
 use sqlx::Row;

@@ -11,41 +11,20 @@
 //! Only the lease owner may finish a row (`finish` checks it), so a worker whose lease
 //! was taken over cannot overwrite the new owner's outcome.
 
-use super::{Db, Result, Store, with_db};
+use super::{Db, Result, Store, StoreError, with_db};
 use crate::domain::{
-    FollowupEvent, FollowupState, Order, SkipReason, Timestamp, Trigger, next_state,
+    CampaignKey, CustomerId, FollowupEvent, FollowupState, OrderId, SkipReason, Timestamp,
+    next_state,
 };
 use sqlx::Row;
-use std::time::Duration;
-
-/// When a campaign's follow-up falls due for an order.
-#[derive(Debug, Clone)]
-pub struct ScheduleRule {
-    pub campaign: String,
-    pub trigger: Trigger,
-    pub delay: Duration,
-}
-
-impl ScheduleRule {
-    /// The due time, or None when the order has not reached the trigger.
-    pub fn due_at(&self, o: &Order) -> Option<Timestamp> {
-        use crate::domain::OrderStatus::*;
-        let start = match (self.trigger, o.status) {
-            (Trigger::OrderCompleted, Completed | Delivered) => o.completed_at.or(o.delivered_at)?,
-            (Trigger::OrderDelivered, Delivered) => o.delivered_at.or(o.completed_at)?,
-            _ => return None,
-        };
-        Some(start.plus(self.delay))
-    }
-}
 
 /// A row a worker now holds.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: i64,
-    pub order_id: String,
-    pub campaign: String,
-    pub customer_id: String,
+    pub order_id: OrderId,
+    pub campaign: CampaignKey,
+    pub customer_id: CustomerId,
     pub due_at: Timestamp,
     /// Counting this claim.
     pub attempts: i64,
@@ -199,7 +178,7 @@ const FINISH_PG: &str = "UPDATE followups SET state = j.state, reason = j.reason
 pub(super) fn transition(from: FollowupState, event: FollowupEvent) -> Result<&'static str> {
     next_state(from, event)
         .map(FollowupState::as_str)
-        .map_err(|e| super::StoreError::Corrupt(e.to_string()))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 impl Store {
@@ -224,9 +203,9 @@ impl Store {
             let mut out = rows.iter().map(|r| -> Result<Claimed> {
                 Ok(Claimed {
                     id: r.try_get("id")?,
-                    order_id: r.try_get("order_id")?,
-                    campaign: r.try_get("campaign")?,
-                    customer_id: r.try_get("customer_id")?,
+                    order_id: OrderId::parse(r.try_get("order_id")?).map_err(StoreError::Corrupt)?,
+                    campaign: CampaignKey::parse(r.try_get("campaign")?).map_err(StoreError::Corrupt)?,
+                    customer_id: CustomerId::parse(r.try_get("customer_id")?).map_err(StoreError::Corrupt)?,
                     due_at: Timestamp(r.try_get("due_at")?),
                     attempts: r.try_get("attempts")?,
                     last_reply: r.try_get("smtp_reply")?,

@@ -3,7 +3,7 @@
 
 use super::catalog::{json_col, order_from_row};
 use super::{Db, Result, Store, StoreError, with_db};
-use crate::domain::{CampaignName, CustomerId, OrderId, ProductId, Timestamp};
+use crate::domain::{CampaignKey, CampaignName, CustomerId, OrderId, ProductId, Timestamp};
 use crate::measure::token::{self, HitKind, Method, Target};
 use crate::measure::{ClickFact, FollowupFact, OrderFact, Outcome, ReportInput, UnsubscribeFact};
 use sqlx::Row;
@@ -78,8 +78,9 @@ impl Store {
             let row = sqlx::query(sql).bind(followup_id).bind(pid).fetch_optional(p).await?;
             row.map(|r| -> Result<LinkTarget> {
                 let campaign: String = r.try_get("campaign")?;
+                let key = CampaignKey::parse(&campaign).map_err(StoreError::Corrupt)?;
                 Ok(LinkTarget {
-                    campaign: campaign.split_once('#').map(|(n, _)| n.to_owned()).unwrap_or(campaign),
+                    campaign: key.name().to_string(),
                     sent_at: r.try_get::<Option<i64>, _>("sent_at")?.map(Timestamp),
                     product_url: r.try_get("url")?,
                 })
@@ -162,7 +163,8 @@ impl Store {
                     _ => Outcome::Holdout,
                 };
                 let campaign: String = r.try_get("campaign")?;
-                let base = campaign.split_once('#').map(|(n, _)| n).unwrap_or(&campaign);
+                let key = CampaignKey::parse(&campaign).map_err(corrupt)?;
+                let base = key.name().as_str();
                 let items: Option<String> = r.try_get("items")?;
                 let picked: Vec<String> = match items {
                     Some(s) => json_col(s)?,

@@ -13,11 +13,11 @@ mod ops;
 mod privacy;
 mod stock;
 
-pub use crate::domain::{FollowupState, SkipReason};
+pub use crate::domain::{FollowupState, ScheduleRule, SkipReason};
 pub use backup::{Backup, BackupError};
 pub use bounces::{BounceKind, BounceOutcome};
 pub use catalog::{CustomerRow, History, ImportOutcome, Kept, KeptWhy, OrderContext};
-pub use ledger::{Claimed, Finish, FollowupRow, ScheduleRule};
+pub use ledger::{Claimed, Finish, FollowupRow};
 pub use measure::{Hit, LinkTarget};
 pub use ops::{
     LATENCY_BUCKETS, MetricsReport, RelayPause, StatusReport, SuppressionRow, WorkerRow,
