@@ -10,6 +10,7 @@ pub mod policy;
 mod report;
 mod runtime;
 mod schedule;
+pub mod stages;
 mod worker;
 
 pub use clock::Clock;
@@ -19,4 +20,5 @@ pub use schedule::{
     SampleEmail, TriggerError, TriggerReport, base_name, schedule_rules, trigger, trigger_id,
     trigger_with_id,
 };
+pub use stages::{Stage, StageFigure, StageTimes};
 pub use worker::{RunOptions, RunSummary, Worker};

@@ -308,7 +308,10 @@ async fn process(
             if smtp.rate_limit > 0 && !mailer.relay_state().refuses_sends() {
                 wait_for_send_slot(e).await;
             }
-            match mailer.send(&p.email).await {
+            let started = std::time::Instant::now();
+            let sent = mailer.send(&p.email).await;
+            e.stages.since(super::Stage::Smtp, started);
+            match sent {
                 Ok(reply) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
                     let at = e.clock.now();
@@ -422,7 +425,10 @@ async fn ledger_writer(e: Engine, owner: String, mut rx: mpsc::Receiver<(i64, Fi
         let outcomes: Vec<(i64, Finish)> = buf.iter().map(|(id, f, _)| (*id, f.clone())).collect();
         let mut result = Err(String::new());
         for attempt in 0..5 {
-            match e.store.finish(&owner, &outcomes, e.clock.now()).await {
+            let started = std::time::Instant::now();
+            let finished = e.store.finish(&owner, &outcomes, e.clock.now()).await;
+            e.stages.since(super::Stage::Record, started);
+            match finished {
                 Ok(_) => {
                     result = Ok(());
                     break;
