@@ -214,6 +214,21 @@ pub async fn run(mut s: Settings, a: BenchArgs, io: &mut Io<'_>) -> Result<(), C
     // The sink counts what it accepted; a moment for its counter to arrive.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sink_received = sink.received().map(|n| n - before.unwrap_or(0));
+    // The run counts only if it did what it says: every due follow-up final, one message
+    // at the sink per send.
+    let st = store.status(Timestamp::now(), Timestamp::now()).await?;
+    let left: i64 = ["scheduled", "deferred", "sending"]
+        .iter()
+        .map(|k| st.followups.get(*k).copied().unwrap_or(0))
+        .sum();
+    if left > 0 || sink_received.is_some_and(|n| n != total.sent) {
+        sink.stop().await;
+        return Err(CliError::Runtime(format!(
+            "the run is not valid: {left} follow-ups left unfinished, {} sent, the sink received {}",
+            total.sent,
+            sink_received.unwrap_or_default()
+        )));
+    }
 
     let source = match &tools {
         Some((_, source_bin)) => {
