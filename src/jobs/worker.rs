@@ -422,6 +422,19 @@ fn retry_later(e: &Engine, attempts: i64, at_least: Duration, reply: &str) -> (D
 async fn ledger_writer(e: Engine, owner: String, mut rx: mpsc::Receiver<(i64, Finish, Ack)>) {
     let mut buf = Vec::new();
     while rx.recv_many(&mut buf, 512).await > 0 {
+        // Outcomes arrive one by one under load: a moment's wait makes one transaction of
+        // many (each commit also holds the write turn the claims need). A permit comes
+        // back only after its commit, so this costs latency, never safety.
+        if buf.len() < 64 {
+            let until = tokio::time::Instant::now() + Duration::from_millis(3);
+            while buf.len() < 512 {
+                let room = 512 - buf.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut buf, room)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
         let outcomes: Vec<(i64, Finish)> = buf.iter().map(|(id, f, _)| (*id, f.clone())).collect();
         let mut result = Err(String::new());
         for attempt in 0..5 {
