@@ -111,6 +111,7 @@ pub async fn open_engine(s: Settings, store: Store, clock: Clock) -> Result<Engi
         signer,
         clock,
         stock_seen: Default::default(),
+        stages: Default::default(),
     })
 }
 

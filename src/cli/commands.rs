@@ -17,6 +17,9 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
     if let Command::Demo = cli.command {
         return super::demo::run(load_settings(cfg, true)?, io).await;
     }
+    if let Command::Bench(args) = cli.command {
+        return super::bench::run(load_settings(cfg, true)?, args, io).await;
+    }
     // Needs no config: it describes the command line, not an installation.
     if let Command::Completions { shell } = cli.command {
         return super::packaging::completions(shell, io);
@@ -234,7 +237,9 @@ pub async fn dispatch(cli: Cli, io: &mut Io<'_>) -> Result<(), CliError> {
             Ok(())
         }
         Command::Backup { file } => super::packaging::backup(&s, &file, io).await,
-        Command::Demo | Command::Completions { .. } => unreachable!("handled above"),
+        Command::Demo | Command::Bench(_) | Command::Completions { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! command needs), reports. Output goes to the writers it is given; [`CliError`] says
 //! which exit code a failure deserves and `main` exits with it.
 
+mod bench;
 mod commands;
 mod demo;
 mod packaging;
@@ -137,6 +138,9 @@ pub enum Command {
     },
     /// Runs the whole flow on a sample store with time compressed; emails go to outbox/.
     Demo,
+    /// Throughput on this machine: imports N generated orders into a fresh database and
+    /// drains their follow-ups against Postfix's smtp-sink, beside smtp-source's ceiling.
+    Bench(bench::BenchArgs),
     /// Copies the SQLite database to FILE while it is in use (PostgreSQL: use pg_dump).
     Backup {
         /// The copy; must not exist yet.

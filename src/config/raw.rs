@@ -65,7 +65,7 @@ struct RawDatabase {
 struct RawSmtp {
     url: String,
     from: String,
-    #[serde(default = "four")]
+    #[serde(default = "eight_connections")]
     pool_size: usize,
     #[serde(default = "ten_s")]
     timeout: String,
@@ -106,7 +106,10 @@ struct RawWorker {
 impl Default for RawWorker {
     fn default() -> Self {
         Self {
-            concurrency: 64,
+            // Rows in hand (claimed, outcome not yet committed) at most: the crash bound
+            // (a kill -9 resends at most this many). Twice `batch_size`, so the next full
+            // batch is claimed while the last one is still sending.
+            concurrency: 512,
             poll_interval: "100ms".into(),
             batch_size: 256,
             lease: "5m".into(),
@@ -266,8 +269,8 @@ fn en_us() -> String {
 fn eight() -> u32 {
     8
 }
-fn four() -> usize {
-    4
+fn eight_connections() -> usize {
+    8
 }
 fn three() -> usize {
     3

@@ -31,6 +31,8 @@ pub struct Engine {
     pub clock: Clock,
     /// When stock changes were last read (ms; 0 = never): see `refresh_stock`.
     pub stock_seen: Arc<AtomicI64>,
+    /// Busy time per stage (claim, decide, pick, render, SMTP, record).
+    pub stages: Arc<super::StageTimes>,
 }
 
 /// How often a worker reads the stock changes webhooks made (in any process).
@@ -217,6 +219,7 @@ impl Engine {
         history: Option<&History>,
         now: Timestamp,
     ) -> Result<Decision, StoreError> {
+        let rules_started = std::time::Instant::now();
         let Some(campaign) = self.settings.campaign(key.name().as_str()) else {
             return Ok(Decision::Skip(SkipReason::CampaignRemoved));
         };
@@ -266,17 +269,21 @@ impl Engine {
                 CapPolicy::Defer => Decision::Defer(free),
             });
         }
+        self.stages.since(super::Stage::Decide, rules_started);
+        let started = std::time::Instant::now();
         let picks = self.picks(&ctx.order, campaign, history);
+        self.stages.since(super::Stage::Pick, started);
         if picks.is_empty() {
             return Ok(Decision::Skip(SkipReason::NothingToRecommend));
         }
-        Ok(
-            match self.compose(&ctx.order, customer, campaign, key, picks, followup_id) {
-                Ok(p) => Decision::Send(Box::new(p)),
-                // The row is held (`held`), which `status` reports.
-                Err(problem) => Decision::TemplateError(problem),
-            },
-        )
+        let started = std::time::Instant::now();
+        let composed = self.compose(&ctx.order, customer, campaign, key, picks, followup_id);
+        self.stages.since(super::Stage::Render, started);
+        Ok(match composed {
+            Ok(p) => Decision::Send(Box::new(p)),
+            // The row is held (`held`), which `status` reports.
+            Err(problem) => Decision::TemplateError(problem),
+        })
     }
 
     fn customer_tz(&self, c: &CustomerRow) -> chrono_tz::Tz {

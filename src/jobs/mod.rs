@@ -10,6 +10,7 @@ pub mod policy;
 mod report;
 mod runtime;
 mod schedule;
+pub mod stages;
 mod worker;
 
 pub use clock::Clock;
@@ -18,4 +19,5 @@ pub use report::{DEFAULT_SINCE as DEFAULT_REPORT_SINCE, ReportError, attributed_
 pub use schedule::{
     SampleEmail, TriggerError, TriggerReport, schedule_rules, trigger, trigger_id, trigger_with_id,
 };
+pub use stages::{Stage, StageFigure, StageTimes};
 pub use worker::{RunOptions, RunSummary, Worker};

@@ -19,6 +19,7 @@
 //!   asking the backend for work and drains the jobs in flight; what is left when the
 //!   timeout runs out is aborted, and the caller hands every row still held back.
 
+use super::Stage;
 use super::compose::Engine;
 use super::worker::{Handler, Held, RelayReport, lock};
 use crate::mail::Mailer;
@@ -147,11 +148,13 @@ impl Claimer {
                 }
             }
             let now = e.clock.now();
-            let claimed = match e
+            let started = std::time::Instant::now();
+            let claimed = e
                 .store
                 .claim_due(&self.owner, now, now.plus(s.lease), held.len())
-                .await
-            {
+                .await;
+            e.stages.since(Stage::Claim, started);
+            let claimed = match claimed {
                 Ok(c) => c,
                 Err(err) => {
                     warn!(error = %err, "claim failed; retrying");
@@ -180,7 +183,10 @@ impl Claimer {
             lock(&self.held_rows).extend(claimed.iter().map(|c| c.id));
             // One read for the whole batch; a failed read hands the rows back soon.
             let ids: Vec<&str> = claimed.iter().map(|c| c.order_id.as_str()).collect();
-            let mut loaded = match e.load(&ids, now).await {
+            let started = std::time::Instant::now();
+            let loaded = e.load(&ids, now).await;
+            e.stages.since(Stage::Decide, started);
+            let mut loaded = match loaded {
                 Ok(l) => Some(l),
                 Err(err) => {
                     warn!(error = %err, "could not read the batch; retrying later");

@@ -295,7 +295,10 @@ async fn process(
             if smtp.rate_limit > 0 && !mailer.relay_state().refuses_sends() {
                 wait_for_send_slot(e).await;
             }
-            match mailer.send(&p.email).await {
+            let started = std::time::Instant::now();
+            let sent = mailer.send(&p.email).await;
+            e.stages.since(super::Stage::Smtp, started);
+            match sent {
                 Ok(reply) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
                     let at = e.clock.now();
@@ -402,10 +405,26 @@ fn retry_later(e: &Engine, attempts: i64, at_least: Duration, reply: &str) -> (D
 async fn ledger_writer(e: Engine, owner: String, mut rx: mpsc::Receiver<(i64, Finish, Ack)>) {
     let mut buf = Vec::new();
     while rx.recv_many(&mut buf, 512).await > 0 {
+        // Outcomes arrive one by one under load: a moment's wait makes one transaction of
+        // many (each commit also holds the write turn the claims need). A permit comes
+        // back only after its commit, so this costs latency, never safety.
+        if buf.len() < 64 {
+            let until = tokio::time::Instant::now() + Duration::from_millis(3);
+            while buf.len() < 512 {
+                let room = 512 - buf.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut buf, room)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
         let outcomes: Vec<(i64, Finish)> = buf.iter().map(|(id, f, _)| (*id, f.clone())).collect();
         let mut result = Err(String::new());
         for attempt in 0..5 {
-            match e.store.finish(&owner, &outcomes, e.clock.now()).await {
+            let started = std::time::Instant::now();
+            let finished = e.store.finish(&owner, &outcomes, e.clock.now()).await;
+            e.stages.since(super::Stage::Record, started);
+            match finished {
                 Ok(_) => {
                     result = Ok(());
                     break;
